@@ -1,0 +1,431 @@
+//! How a supervisor behaves: timeouts, reconnect backoff, restart limits, connection limits.
+//! Every default is documented on its setter and chosen so that nothing waits forever and
+//! nothing retries in a storm.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::connection::ConnectionFactory;
+use crate::error::Error;
+
+/// How long each kind of wait may last. Every wait in the crate is bounded by one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Bound on a plugin's `open`, including the wait for an open slot (see
+    /// [`SupervisorConfig::max_concurrent_opens`]). Defaults to 30 seconds.
+    pub open: Duration,
+    /// Bound on a command, a `with` closure, a health check, and on any call's wait for its
+    /// answer (including the wait for a reconnect). Defaults to 30 seconds.
+    pub request: Duration,
+    /// Bound on a plugin's `close`. Defaults to 10 seconds.
+    pub close: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            open: Duration::from_secs(30),
+            request: Duration::from_secs(30),
+            close: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Timeouts {
+    /// The longest a connection actor can be busy with one plugin call before it gets to a
+    /// close queued behind it, plus the close itself: the bound on waiting for a close.
+    pub(crate) fn close_wait(&self) -> Duration {
+        self.open.max(self.request) + self.close
+    }
+}
+
+/// Exponential backoff with jitter between reconnect attempts, in the spirit of Elixir's
+/// DBConnection: attempt `n` waits `min(max, initial * multiplier^(n-1))`, then spread by
+/// `±jitter` so that hosts dropped together do not come back in lockstep.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backoff {
+    /// Wait before the first reconnect attempt. Defaults to 500 ms.
+    pub initial: Duration,
+    /// Upper bound on any wait. Defaults to 30 s.
+    pub max: Duration,
+    /// Growth per attempt. Defaults to 2.0.
+    pub multiplier: f64,
+    /// Relative spread, from 0.0 (none) to 1.0. Defaults to 0.2 (±20 %).
+    pub jitter: f64,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(30),
+            multiplier: 2.0,
+            jitter: 0.2,
+        }
+    }
+}
+
+impl Backoff {
+    /// The wait before attempt `attempt` (1-based) without jitter.
+    pub fn base_delay(&self, attempt: u32) -> Duration {
+        let exponent = attempt.saturating_sub(1).min(64) as i32;
+        let secs = self.initial.as_secs_f64() * self.multiplier.powi(exponent);
+        Duration::from_secs_f64(secs.min(self.max.as_secs_f64()))
+    }
+
+    /// The wait before attempt `attempt`, spread by `unit` (a number in `[0, 1)`) within the
+    /// jitter band, never above `max`.
+    pub(crate) fn delay(&self, attempt: u32, unit: f64) -> Duration {
+        let base = self.base_delay(attempt).as_secs_f64();
+        let spread = 1.0 + self.jitter * (2.0 * unit - 1.0);
+        Duration::from_secs_f64((base * spread).min(self.max.as_secs_f64()))
+    }
+
+    fn validate(&self, scope: &str) -> Result<(), Error> {
+        if self.initial.is_zero() || self.max < self.initial {
+            return Err(invalid(format!(
+                "{scope}: the backoff needs 0 < initial <= max (got {:?} and {:?})",
+                self.initial, self.max
+            )));
+        }
+        if !(self.multiplier >= 1.0 && self.multiplier.is_finite()) {
+            return Err(invalid(format!(
+                "{scope}: the backoff multiplier must be at least 1 (got {})",
+                self.multiplier
+            )));
+        }
+        if !(0.0..=1.0).contains(&self.jitter) {
+            return Err(invalid(format!(
+                "{scope}: the backoff jitter must be within 0..=1 (got {})",
+                self.jitter
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// How the connections of one plugin are kept: timeouts, reconnects, health checks, idle and
+/// lifetime limits. Set a default for all plugins and override per plugin name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectionPolicy {
+    /// Timeouts for this plugin's calls.
+    pub timeouts: Timeouts,
+    /// Whether an open connection that is lost is reopened by itself. Defaults to true.
+    pub reconnect: bool,
+    /// Waits between reconnect attempts.
+    pub backoff: Backoff,
+    /// Reconnect attempts that fail with a permanent kind (auth, host key, unknown host) before
+    /// the connection is left `Failed`. Defaults to 2. Transient failures retry until the
+    /// connection is closed, unless `max_reconnect_attempts` is set.
+    pub permanent_failure_attempts: u32,
+    /// Gives up reconnecting after this many failed attempts of any kind. Defaults to `None`
+    /// (keep trying, with backoff, until closed).
+    pub max_reconnect_attempts: Option<u32>,
+    /// Runs the plugin's `health_check` this often while the connection is open. Defaults to
+    /// `None`: loss is then noticed when the plugin reports it or a command finds it dead.
+    pub health_check_interval: Option<Duration>,
+    /// Closes a connection nobody used for this long. Defaults to `None`.
+    pub idle_timeout: Option<Duration>,
+    /// Closes a connection this long after it was created. Defaults to `None`.
+    pub max_lifetime: Option<Duration>,
+}
+
+impl Default for ConnectionPolicy {
+    fn default() -> Self {
+        Self {
+            timeouts: Timeouts::default(),
+            reconnect: true,
+            backoff: Backoff::default(),
+            permanent_failure_attempts: 2,
+            max_reconnect_attempts: None,
+            health_check_interval: None,
+            idle_timeout: None,
+            max_lifetime: None,
+        }
+    }
+}
+
+impl ConnectionPolicy {
+    fn validate(&self, scope: &str) -> Result<(), Error> {
+        for (name, value) in [
+            ("open timeout", Some(self.timeouts.open)),
+            ("request timeout", Some(self.timeouts.request)),
+            ("close timeout", Some(self.timeouts.close)),
+            ("health check interval", self.health_check_interval),
+            ("idle timeout", self.idle_timeout),
+            ("max lifetime", self.max_lifetime),
+        ] {
+            if value.is_some_and(|value| value.is_zero()) {
+                return Err(invalid(format!(
+                    "{scope}: the {name} must be greater than zero"
+                )));
+            }
+        }
+        if self.permanent_failure_attempts == 0 {
+            return Err(invalid(format!(
+                "{scope}: permanent_failure_attempts must be at least 1"
+            )));
+        }
+        self.backoff.validate(scope)
+    }
+}
+
+/// OTP-style restart intensity: a connection actor that fails more than `max_restarts` times
+/// within `window` is not restarted again; its key is quarantined for `quarantine`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartPolicy {
+    /// Restarts allowed within `window`. Defaults to 3 (Elixir's default).
+    pub max_restarts: u32,
+    /// The sliding window. Defaults to 5 s.
+    pub window: Duration,
+    /// How long a key that crashed too often refuses requests. Defaults to 30 s.
+    pub quarantine: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        Self {
+            max_restarts: 3,
+            window: Duration::from_secs(5),
+            quarantine: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What to do when a new connection would exceed a limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AtLimit {
+    /// Close the least recently used idle connection in the same scope to make room; refuse
+    /// when none is idle. The default.
+    #[default]
+    EvictIdle,
+    /// Refuse the new connection with [`Error::LimitReached`].
+    Refuse,
+}
+
+/// How to build a supervisor.
+///
+/// `SupervisorConfig::default()` has no factory (calls that need one fail with
+/// [`Error::FactoryNotSet`] until
+/// [`ConnectionManager::set_connection_factory`](crate::ConnectionManager::set_connection_factory)),
+/// the default [`ConnectionPolicy`] for every plugin, 32 concurrent opens, no connection limit
+/// and the default [`RestartPolicy`].
+#[derive(Clone)]
+pub struct SupervisorConfig {
+    pub(crate) factory: Option<Arc<ConnectionFactory>>,
+    pub(crate) default_policy: ConnectionPolicy,
+    pub(crate) plugin_policies: HashMap<String, ConnectionPolicy>,
+    pub(crate) max_concurrent_opens: usize,
+    pub(crate) max_connections: Option<usize>,
+    pub(crate) max_connections_per_plugin: HashMap<String, usize>,
+    pub(crate) at_limit: AtLimit,
+    pub(crate) restart: RestartPolicy,
+    pub(crate) event_capacity: usize,
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        Self {
+            factory: None,
+            default_policy: ConnectionPolicy::default(),
+            plugin_policies: HashMap::new(),
+            max_concurrent_opens: 32,
+            max_connections: None,
+            max_connections_per_plugin: HashMap::new(),
+            at_limit: AtLimit::default(),
+            restart: RestartPolicy::default(),
+            event_capacity: 4096,
+        }
+    }
+}
+
+impl SupervisorConfig {
+    /// Sets the factory that makes connections.
+    pub fn factory(mut self, factory: Arc<ConnectionFactory>) -> Self {
+        self.factory = Some(factory);
+        self
+    }
+
+    /// Sets the policy for every plugin without one of its own.
+    pub fn policy(mut self, policy: ConnectionPolicy) -> Self {
+        self.default_policy = policy;
+        self
+    }
+
+    /// Sets the policy for one plugin name.
+    pub fn plugin_policy(
+        mut self,
+        plugin_name: impl Into<String>,
+        policy: ConnectionPolicy,
+    ) -> Self {
+        self.plugin_policies.insert(plugin_name.into(), policy);
+        self
+    }
+
+    /// Sets the default policy's timeouts.
+    pub fn timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.default_policy.timeouts = timeouts;
+        self
+    }
+
+    /// Sets the default policy's open timeout (default 30 s).
+    pub fn open_timeout(mut self, timeout: Duration) -> Self {
+        self.default_policy.timeouts.open = timeout;
+        self
+    }
+
+    /// Sets the default policy's request timeout (default 30 s).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.default_policy.timeouts.request = timeout;
+        self
+    }
+
+    /// Sets the default policy's close timeout (default 10 s).
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.default_policy.timeouts.close = timeout;
+        self
+    }
+
+    /// How many opens (first opens and reconnects) may run at once across the whole
+    /// supervisor. Defaults to 32: reconnecting a thousand hosts after an outage is then a
+    /// steady stream, not a thundering herd. Waiting for a slot counts against the open
+    /// timeout.
+    pub fn max_concurrent_opens(mut self, opens: usize) -> Self {
+        self.max_concurrent_opens = opens;
+        self
+    }
+
+    /// Caps the number of pooled connections. Defaults to no cap.
+    pub fn max_connections(mut self, connections: usize) -> Self {
+        self.max_connections = Some(connections);
+        self
+    }
+
+    /// Caps the number of pooled connections of one plugin. Defaults to no cap.
+    pub fn max_connections_for(
+        mut self,
+        plugin_name: impl Into<String>,
+        connections: usize,
+    ) -> Self {
+        self.max_connections_per_plugin
+            .insert(plugin_name.into(), connections);
+        self
+    }
+
+    /// What happens at a limit (default [`AtLimit::EvictIdle`]).
+    pub fn at_limit(mut self, at_limit: AtLimit) -> Self {
+        self.at_limit = at_limit;
+        self
+    }
+
+    /// Sets the restart intensity and quarantine.
+    pub fn restart_policy(mut self, restart: RestartPolicy) -> Self {
+        self.restart = restart;
+        self
+    }
+
+    /// How many lifecycle events a slow subscriber may fall behind before it misses some
+    /// (it is told how many). Defaults to 4096.
+    pub fn event_capacity(mut self, capacity: usize) -> Self {
+        self.event_capacity = capacity;
+        self
+    }
+
+    /// The policy that applies to `plugin_name`.
+    pub fn policy_for(&self, plugin_name: &str) -> &ConnectionPolicy {
+        self.plugin_policies
+            .get(plugin_name)
+            .unwrap_or(&self.default_policy)
+    }
+
+    /// Rejects a configuration that cannot work, naming the offending setting.
+    pub fn validate(&self) -> Result<(), Error> {
+        self.default_policy.validate("default policy")?;
+        for (plugin, policy) in &self.plugin_policies {
+            policy.validate(&format!("policy for plugin {plugin:?}"))?;
+        }
+        if self.max_concurrent_opens == 0 {
+            return Err(invalid("max_concurrent_opens must be at least 1".into()));
+        }
+        if self.max_connections == Some(0)
+            || self.max_connections_per_plugin.values().any(|&n| n == 0)
+        {
+            return Err(invalid("a connection limit must be at least 1".into()));
+        }
+        if self.restart.window.is_zero() || self.restart.quarantine.is_zero() {
+            return Err(invalid(
+                "the restart window and quarantine must be greater than zero".into(),
+            ));
+        }
+        if self.event_capacity == 0 {
+            return Err(invalid("event_capacity must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for SupervisorConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SupervisorConfig")
+            .field("factory", &self.factory.as_ref().map(|_| "<factory>"))
+            .field("default_policy", &self.default_policy)
+            .field("plugin_policies", &self.plugin_policies)
+            .field("max_concurrent_opens", &self.max_concurrent_opens)
+            .field("max_connections", &self.max_connections)
+            .field(
+                "max_connections_per_plugin",
+                &self.max_connections_per_plugin,
+            )
+            .field("at_limit", &self.at_limit)
+            .field("restart", &self.restart)
+            .field("event_capacity", &self.event_capacity)
+            .finish()
+    }
+}
+
+fn invalid(message: String) -> Error {
+    Error::InvalidConfig(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_and_jitter_stays_in_band() {
+        let backoff = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+            multiplier: 2.0,
+            jitter: 0.5,
+        };
+        let bases: Vec<_> = (1..=6).map(|n| backoff.base_delay(n).as_millis()).collect();
+        assert_eq!(bases, [100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(backoff.delay(1, 0.0), Duration::from_millis(50));
+        assert_eq!(backoff.delay(1, 0.5), Duration::from_millis(100));
+        assert!(backoff.delay(6, 0.99) <= backoff.max);
+    }
+
+    #[test]
+    fn nonsense_is_rejected_by_name() {
+        let config = SupervisorConfig::default().plugin_policy(
+            "ssh",
+            ConnectionPolicy {
+                idle_timeout: Some(Duration::ZERO),
+                ..ConnectionPolicy::default()
+            },
+        );
+        let error = config.validate().unwrap_err().to_string();
+        assert!(
+            error.contains("\"ssh\"") && error.contains("idle timeout"),
+            "{error}"
+        );
+        let error = SupervisorConfig::default()
+            .max_concurrent_opens(0)
+            .validate()
+            .unwrap_err();
+        assert!(error.to_string().contains("max_concurrent_opens"));
+    }
+}

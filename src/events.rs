@@ -1,0 +1,326 @@
+//! What a connection is doing, as a snapshot ([`ConnectionStatus`]) and as a stream of
+//! lifecycle events ([`ConnectionEvent`]) that tests and operators wait on instead of sleeping.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use ractor::ActorRef;
+use tokio::sync::broadcast;
+
+use crate::connection::{ConnectionKey, FailureKind};
+use crate::error::Error;
+
+/// Where a connection is in its life. Only its connection actor moves it, in one method.
+///
+/// ```text
+/// Created ──open──▶ Opening ──ok──▶ Open ──loss──▶ Lost ──▶ Reconnecting ──ok──▶ Open
+///                      │                                       │  ▲   │
+///                      └──err──▶ Failed ◀── gave up ───────────┘  └───┘ err: back off, retry
+/// any ──close / stop / crash──▶ Closing ──▶ Closed
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ConnectionState {
+    /// Made by the factory, never opened.
+    Created,
+    /// A requested open is running.
+    Opening,
+    /// Opened and believed usable.
+    Open,
+    /// Was open and went away; a reconnect is about to be scheduled.
+    Lost,
+    /// Waiting for the next reconnect attempt, or running it. Requests wait for it.
+    Reconnecting,
+    /// The last requested open failed, or reconnecting gave up; requests fail with the cause
+    /// until the connection is opened again, retried or closed.
+    Failed,
+    /// `close` is running.
+    Closing,
+    /// Closed; the actor is stopping.
+    Closed,
+    /// The key's actor crashed too often and is not restarted until the quarantine ends
+    /// (reported by the supervisor; no actor runs).
+    Quarantined,
+}
+
+/// Why something failed: the kind, which decides the retry policy, and a message that never
+/// contains secrets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailureInfo {
+    /// What kind of failure it was.
+    pub kind: FailureKind,
+    /// What happened, in the plugin's or the supervisor's words.
+    pub message: String,
+}
+
+impl fmt::Display for FailureInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind, self.message)
+    }
+}
+
+/// A snapshot of one connection's state, as [`ConnectionManager::connection_status`]
+/// returns it.
+///
+/// [`ConnectionManager::connection_status`]: crate::ConnectionManager::connection_status
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConnectionStatus {
+    /// The lifecycle state.
+    pub state: ConnectionState,
+    /// Failed open attempts since the last successful open.
+    pub attempts: u32,
+    /// The last failure, kept after recovery so an operator can see what happened.
+    pub last_error: Option<FailureInfo>,
+    /// When the next reconnect attempt is due (while reconnecting) or the quarantine ends.
+    pub next_attempt_at: Option<SystemTime>,
+    /// Requests waiting for a reconnect to finish.
+    pub waiting_requests: usize,
+}
+
+impl ConnectionStatus {
+    pub(crate) fn new(state: ConnectionState) -> Self {
+        Self {
+            state,
+            attempts: 0,
+            last_error: None,
+            next_attempt_at: None,
+            waiting_requests: 0,
+        }
+    }
+}
+
+/// Why a connection was closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// `close_connection`, or a direct `Close` message.
+    Requested,
+    /// `close_all_connections`.
+    CloseAll,
+    /// The supervisor is shutting down.
+    Shutdown,
+    /// Unused for longer than the idle timeout.
+    Idle,
+    /// Older than the maximum lifetime.
+    Lifetime,
+    /// Closed to make room under a connection limit.
+    Evicted,
+    /// The plugin panicked; the instance was closed before the actor failed.
+    Crashed,
+}
+
+/// What happened to a connection.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum EventKind {
+    /// The factory made the connection.
+    Created,
+    /// A requested open started.
+    Opening,
+    /// A requested open succeeded.
+    Opened,
+    /// An open or reconnect attempt failed.
+    OpenFailed {
+        /// The cause.
+        failure: FailureInfo,
+        /// Failed attempts in a row, this one included.
+        attempt: u32,
+    },
+    /// An open connection went away.
+    Lost {
+        /// What noticed it (the plugin's report, a failed health check, a dead connection
+        /// found before a command).
+        reason: String,
+    },
+    /// A reconnect attempt is scheduled.
+    Reconnecting {
+        /// Which attempt (1 for the first after the loss).
+        attempt: u32,
+        /// The backoff before it.
+        delay: Duration,
+    },
+    /// A reconnect succeeded.
+    Reconnected {
+        /// How many attempts it took.
+        attempts: u32,
+    },
+    /// Reconnecting gave up: the connection stays `Failed` until opened, retried or closed.
+    GaveUp {
+        /// The last cause.
+        failure: FailureInfo,
+    },
+    /// The connection's actor crashed and was restarted with a fresh instance.
+    Restarted {
+        /// Restarts of this key within the restart window, this one included.
+        restarts: u32,
+        /// Why the actor failed.
+        reason: String,
+    },
+    /// The key crashed too often and refuses requests for a while.
+    Quarantined {
+        /// How long.
+        duration: Duration,
+        /// Why the last actor failed.
+        reason: String,
+    },
+    /// The connection was closed.
+    Closed {
+        /// Why.
+        reason: CloseReason,
+    },
+}
+
+impl EventKind {
+    /// The failure behind this event, if there is one.
+    pub fn failure(&self) -> Option<&FailureInfo> {
+        match self {
+            Self::OpenFailed { failure, .. } | Self::GaveUp { failure } => Some(failure),
+            _ => None,
+        }
+    }
+}
+
+/// One lifecycle event of one connection.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConnectionEvent {
+    /// The connection.
+    pub key: ConnectionKey,
+    /// What happened.
+    pub kind: EventKind,
+    /// When.
+    pub at: SystemTime,
+}
+
+/// A subscription to a supervisor's lifecycle events, from
+/// [`ConnectionManager::subscribe`](crate::ConnectionManager::subscribe).
+///
+/// Events of one key arrive in the order they happened. A subscriber that falls more than the
+/// configured capacity behind skips the oldest events and is told how many it missed.
+#[derive(Debug)]
+pub struct EventStream {
+    receiver: broadcast::Receiver<ConnectionEvent>,
+    missed: u64,
+}
+
+impl EventStream {
+    pub(crate) fn new(receiver: broadcast::Receiver<ConnectionEvent>) -> Self {
+        Self {
+            receiver,
+            missed: 0,
+        }
+    }
+
+    /// The next event; `None` once the supervisor has shut down and every event was read.
+    pub async fn next(&mut self) -> Option<ConnectionEvent> {
+        loop {
+            match self.receiver.recv().await {
+                Ok(event) => return Some(event),
+                Err(broadcast::error::RecvError::Lagged(missed)) => self.missed += missed,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+
+    /// Waits for the next event that matches `predicate`, skipping the others, for at most
+    /// `timeout`. The error names what was waited for and the last events seen, so a failing
+    /// test says what happened instead.
+    pub async fn wait_for(
+        &mut self,
+        timeout: Duration,
+        mut predicate: impl FnMut(&ConnectionEvent) -> bool,
+    ) -> Result<ConnectionEvent, Error> {
+        let mut seen: Vec<String> = Vec::new();
+        let search = async {
+            while let Some(event) = self.next().await {
+                if predicate(&event) {
+                    return Some(event);
+                }
+                if seen.len() == 8 {
+                    seen.remove(0);
+                }
+                seen.push(format!("{} {:?}", event.key, event.kind));
+            }
+            None
+        };
+        match tokio::time::timeout(timeout, search).await {
+            Ok(Some(event)) => Ok(event),
+            Ok(None) => Err(Error::ShutDown),
+            Err(_) => Err(Error::Timeout {
+                operation: "wait_for event",
+                target: format!("last events seen: [{}]", seen.join("; ")),
+                after: timeout,
+            }),
+        }
+    }
+
+    /// Waits for `key`'s next event of the kind `matches` accepts.
+    pub async fn wait_for_key(
+        &mut self,
+        key: &ConnectionKey,
+        timeout: Duration,
+        mut matches: impl FnMut(&EventKind) -> bool,
+    ) -> Result<ConnectionEvent, Error> {
+        self.wait_for(timeout, |event| &event.key == key && matches(&event.kind))
+            .await
+    }
+
+    /// How many events this subscriber missed by falling behind.
+    pub fn missed(&self) -> u64 {
+        self.missed
+    }
+}
+
+/// Where the supervisor and its connection actors publish events. Cloned into each actor;
+/// sending with no subscriber costs next to nothing.
+#[derive(Clone, Debug)]
+pub(crate) struct EventBus {
+    sender: broadcast::Sender<ConnectionEvent>,
+}
+
+impl EventBus {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            sender: broadcast::channel(capacity).0,
+        }
+    }
+
+    pub(crate) fn emit(&self, key: &ConnectionKey, kind: EventKind) {
+        if self.sender.receiver_count() == 0 {
+            return;
+        }
+        let _ = self.sender.send(ConnectionEvent {
+            key: key.clone(),
+            kind,
+            at: SystemTime::now(),
+        });
+    }
+
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<ConnectionEvent> {
+        self.sender.subscribe()
+    }
+}
+
+/// Forwards events to a ractor actor until the supervisor shuts down or the actor stops.
+pub(crate) fn forward_to_actor<M: ractor::Message>(
+    mut receiver: broadcast::Receiver<ConnectionEvent>,
+    actor: ActorRef<M>,
+    convert: impl Fn(ConnectionEvent) -> Option<M> + Send + 'static,
+) {
+    tokio::spawn(async move {
+        loop {
+            match receiver.recv().await {
+                Ok(event) => {
+                    if let Some(message) = convert(event) {
+                        if actor.send_message(message).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, actor = %actor.get_id(), "event subscriber fell behind");
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+}

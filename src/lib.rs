@@ -1,0 +1,105 @@
+//! # connection-supervisor
+//!
+//! Keeps connections to many hosts alive for programs that talk to fleets: one connection per
+//! key (hostname + plugin name), each owned by its own actor, all owned by a supervisor actor
+//! that routes requests by key.
+//!
+//! It keeps the contract of genja's lock-based `ConnectionManager` (a factory, lazy
+//! get-or-create, open-if-not-alive, close, per-plugin counters) but replaces its shared
+//! `DashMap<_, Arc<Mutex<dyn Connection>>>` with message passing on [ractor]:
+//!
+//! - a slow factory, open or command holds up only its own key, never the pool;
+//! - every wait is bounded ([`Timeouts`]), and a call to a stopped actor is an error, not a hang;
+//! - a panicking factory or plugin costs its caller an error and nothing else;
+//! - close-all and shutdown close every connection exactly once, even while other tasks are
+//!   creating connections.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use connection_supervisor::{
+//!     Connection, ConnectionFactory, ConnectionKey, ConnectionManager, OpenError,
+//!     ResolvedConnectionParams,
+//! };
+//!
+//! #[derive(Default)]
+//! struct Telnetish { open: bool }
+//!
+//! #[async_trait::async_trait]
+//! impl Connection for Telnetish {
+//!     fn is_alive(&self) -> bool { self.open }
+//!     async fn open(&mut self, _params: &ResolvedConnectionParams) -> Result<(), OpenError> {
+//!         self.open = true;
+//!         Ok(())
+//!     }
+//!     async fn close(&mut self) { self.open = false; }
+//! }
+//!
+//! # async fn run() -> Result<(), connection_supervisor::Error> {
+//! let factory: Arc<ConnectionFactory> = Arc::new(|key: &ConnectionKey| {
+//!     (key.plugin_name == "telnetish")
+//!         .then(|| Box::new(Telnetish::default()) as Box<dyn Connection>)
+//! });
+//! let manager = ConnectionManager::with_connection_factory(factory).await?;
+//! let key = ConnectionKey::new("r1", "telnetish");
+//! let handle = manager
+//!     .open_connection(&key, &ResolvedConnectionParams::new("10.0.0.1"))
+//!     .await?
+//!     .expect("the factory serves this plugin");
+//! assert!(handle.is_alive().await?);
+//! manager.shutdown().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! The public API lives in three files: [`connection`] (what a plugin implements), the manager
+//! (what a caller uses: [`ConnectionManager`], [`ConnectionHandle`], [`SupervisorConfig`]) and
+//! [`Error`]. The actors behind them ([`ConnectionSupervisor`], [`ConnectionActor`]) are public
+//! so that an actor system can link and message them directly; docs/architecture.md describes
+//! how a request flows through them.
+
+#![deny(missing_docs, missing_debug_implementations)]
+
+mod config;
+pub mod connection;
+mod connection_actor;
+mod error;
+mod events;
+mod manager;
+#[cfg(feature = "ssh")]
+pub mod ssh;
+mod supervisor;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use config::{AtLimit, Backoff, ConnectionPolicy, RestartPolicy, SupervisorConfig, Timeouts};
+pub use connection::{
+    CommandError, CommandOutput, CommandRunner, Connection, ConnectionFactory, ConnectionKey,
+    Extras, FailureKind, LossNotifier, OpenError, ResolvedConnectionParams,
+};
+pub use connection_actor::{
+    ConnectionActor, ConnectionActorState, ConnectionArgs, ConnectionMessage, Tick, WithJob,
+};
+pub use error::Error;
+pub use events::{
+    CloseReason, ConnectionEvent, ConnectionState, ConnectionStatus, EventKind, EventStream,
+    FailureInfo,
+};
+pub use manager::{ConnectionCounters, ConnectionHandle, ConnectionManager};
+pub use supervisor::{
+    ConnectionSupervisor, GetOrCreateReply, Report, SupervisorMessage, SupervisorState,
+};
+
+/// The text of a caught panic, for error messages.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&'static str>() {
+        (*text).to_owned()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "a panic with a non-string payload".to_owned()
+    }
+}
+
+/// Compiles the README's examples as doctests, so they cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

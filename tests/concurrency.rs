@@ -1,0 +1,150 @@
+//! Many callers at once: one creation per key, close-all racing creations, and no
+//! head-of-line blocking behind a slow open. The time bounds here only catch hangs and
+//! serialisation; speed is measured in the benchmarks.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use connection_supervisor::{ConnectionManager, SupervisorConfig};
+use tokio::sync::Notify;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_tasks_opening_one_key_create_and_open_it_once() {
+    let (manager, ledger) = mock_manager().await;
+    let handles = open_concurrently(&manager, (0..1000).map(|_| "r1".to_owned())).await;
+    assert!(handles.iter().all(|h| h.same_connection(&handles[0])));
+    let counters = manager
+        .connection_counters_for(MOCK)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((counters.create_calls, counters.open_calls), (1, 1));
+    assert!(handles[0].is_alive().await.unwrap());
+    manager.shutdown().await.unwrap();
+    assert_eq!(Ledger::get(&ledger.factory_calls), 1);
+    assert_eq!(Ledger::get(&ledger.opened), 1);
+    ledger.assert_all_closed_once();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_keys_opened_at_once_then_closed_all_leave_no_actor() {
+    let (manager, ledger) = mock_manager().await;
+    open_concurrently(&manager, (0..1000).map(|i| format!("r{i}"))).await;
+    manager.close_all_connections().await.unwrap();
+    let counters = manager
+        .connection_counters_for(MOCK)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            counters.create_calls,
+            counters.open_calls,
+            counters.close_calls
+        ),
+        (1000, 1000, 1000)
+    );
+    assert_no_connection_actors(&manager).await;
+    ledger.assert_all_closed_once();
+    manager.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_all_racing_a_thousand_creations_never_drops_a_connection_unclosed() {
+    let (manager, ledger) = mock_manager().await;
+    let creators: Vec<_> = (0..1000)
+        .map(|i| {
+            let manager = manager.clone();
+            tokio::spawn(async move {
+                // Few hosts, so creations, reuses and closes interleave on the same keys.
+                let host = format!("r{}", i % 50);
+                manager.get_or_create(key(&host)).await.unwrap()
+            })
+        })
+        .collect();
+    let closers: Vec<_> = (0..20)
+        .map(|_| {
+            let manager = manager.clone();
+            tokio::spawn(async move { manager.close_all_connections().await.unwrap() })
+        })
+        .collect();
+    for task in creators {
+        assert!(task.await.unwrap().is_some());
+    }
+    for task in closers {
+        task.await.unwrap();
+    }
+    manager.close_all_connections().await.unwrap();
+
+    let counters = manager
+        .connection_counters_for(MOCK)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(counters.create_calls, counters.close_calls, "{counters:?}");
+    assert_eq!(counters.create_calls, Ledger::get(&ledger.created));
+    ledger.assert_all_closed_once();
+    assert_no_connection_actors(&manager).await;
+    manager.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_open_blocks_neither_its_key_lookups_nor_other_keys() {
+    let ledger = Arc::new(Ledger::default());
+    let slow_open_started = Arc::new(Notify::new());
+    let started = slow_open_started.clone();
+    let factory = mock_factory(ledger.clone(), move |k| {
+        if k.hostname == "slow" {
+            Behaviour {
+                open_delay: Duration::from_secs(10),
+                open_started: Some(started.clone()),
+                ..Behaviour::default()
+            }
+        } else {
+            Behaviour::default()
+        }
+    });
+    let manager = ConnectionManager::spawn(
+        SupervisorConfig::default()
+            .factory(factory)
+            .open_timeout(Duration::from_secs(60)),
+    )
+    .await
+    .unwrap();
+
+    let slow = {
+        let manager = manager.clone();
+        tokio::spawn(async move { manager.open_connection(&key("slow"), &params("slow")).await })
+    };
+    tokio::time::timeout(Duration::from_secs(5), slow_open_started.notified())
+        .await
+        .expect("the slow open starts");
+
+    let lookup = Instant::now();
+    let handle = tokio::time::timeout(Duration::from_secs(2), manager.get_or_create(key("slow")))
+        .await
+        .expect("get_or_create on the key being opened answers at once")
+        .unwrap()
+        .unwrap();
+    let lookup = lookup.elapsed();
+
+    let others = Instant::now();
+    open_concurrently(&manager, (0..1000).map(|i| format!("fast{i}"))).await;
+    let others = others.elapsed();
+    // The slow open takes 10 s; anything serialised behind it would take at least that.
+    assert!(lookup < Duration::from_secs(2), "lookup took {lookup:?}");
+    assert!(
+        others < Duration::from_secs(5),
+        "1,000 opens took {others:?}"
+    );
+    assert!(!slow.is_finished(), "the slow open is still running");
+    assert_eq!(handle.key(), &key("slow"));
+
+    // Shutdown is bounded even with the slow open in flight.
+    slow.abort();
+    manager.shutdown().await.unwrap();
+    ledger.assert_all_closed_once();
+}
