@@ -1,0 +1,365 @@
+#!/usr/bin/env bash
+# A throwaway OpenSSH server on 127.0.0.1 for integration tests.
+#
+#   scripts/sshd-fixture.sh start [DIR]   start it (installs openssh-server if missing)
+#   scripts/sshd-fixture.sh stop  [DIR]   stop it and every session it serves
+#
+# DIR defaults to ${SSHD_FIXTURE_DIR:-/tmp/cs-sshd-fixture}. The login user is
+# ${SSHD_FIXTURE_USER:-cstest}, created on first use with a random password; fixtures in
+# several DIRs share it (same password, each DIR's key authorized). Must run as root (it creates a user and
+# runs sshd, which needs root for password logins).
+#
+# `start` writes DIR/fixture.env, one KEY=VALUE per line, values never quoted (the script
+# refuses paths that would need quoting), so a shell can source it and a test can split lines
+# on the first '=':
+#   SSHD_HOST, SSHD_PORT, SSHD_USER, SSHD_PASSWORD,
+#   SSHD_KEY          private key (ed25519, no passphrase) authorized for SSHD_USER
+#   SSHD_KNOWN_HOSTS  known_hosts file with the host key for [127.0.0.1]:SSHD_PORT
+#   SSHD_PIDFILE      pid of the listening sshd
+# `start` is idempotent: if this DIR's sshd is already running it is left alone. `stop` removes
+# fixture.env, so tests that look for it skip once the fixture is down; keys and sshd.log stay
+# for debugging.
+
+set -euo pipefail
+# Let failures inside $(...) stop the script too (bash does not by default).
+shopt -s inherit_errexit
+
+readonly SSHD=/usr/sbin/sshd
+readonly FIXTURE_USER=${SSHD_FIXTURE_USER:-cstest}
+# Marks a home directory as ours, so the script never takes over an account it did not create.
+readonly USER_MARKER=.cs-sshd-fixture
+readonly START_TIMEOUT_S=10
+readonly STOP_TIMEOUT_S=5
+
+die() {
+    echo "sshd-fixture: $*" >&2
+    exit 1
+}
+
+log() {
+    echo "sshd-fixture: $*" >&2
+}
+
+usage() {
+    echo "usage: $0 start|stop [DIR]" >&2
+    exit 2
+}
+
+# --- processes -------------------------------------------------------------------------------
+
+# True if PID is the sshd started with this fixture's config (guards against pid reuse).
+is_our_sshd() {
+    local pid=$1 cmdline
+    [[ $pid =~ ^[0-9]+$ ]] || return 1
+    cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+    [[ $cmdline == *"$SSHD"*"-f $CONFIG"* ]]
+}
+
+# Prints the pid stored in the pid file if that process is our running sshd.
+running_pid() {
+    local pid
+    [[ -s $PIDFILE ]] || return 1
+    pid=$(<"$PIDFILE")
+    is_our_sshd "$pid" || return 1
+    echo "$pid"
+}
+
+# Prints every descendant of PID, one per line. Reads /proc rather than using pgrep, which a
+# minimal image may lack. Must run before the parent dies: orphans get reparented to init.
+descendants() {
+    local root=$1 stat pid rest ppid
+    local -A children=()
+    for stat in /proc/[0-9]*/stat; do
+        # The command name (field 2) may contain spaces and parentheses: the ppid is the second
+        # field after the last ')'.
+        pid=${stat#/proc/}
+        pid=${pid%/stat}
+        # The process may have exited since the glob was expanded.
+        { read -r rest <"$stat"; } 2>/dev/null || continue
+        rest=${rest##*) }
+        read -r _ ppid _ <<<"$rest"
+        children[$ppid]+="$pid "
+    done
+    local queue=("$root") current child
+    while ((${#queue[@]})); do
+        current=${queue[0]}
+        queue=("${queue[@]:1}")
+        for child in ${children[$current]:-}; do
+            echo "$child"
+            queue+=("$child")
+        done
+    done
+}
+
+# True while any of the given pids still runs. A zombie counts as gone: it has exited, and
+# whether it is reaped soon depends on the container's init (which may never reap it).
+any_alive() {
+    local pid stat
+    for pid in "$@"; do
+        { read -r stat <"/proc/$pid/stat"; } 2>/dev/null || continue
+        stat=${stat##*) }
+        [[ ${stat:0:1} == Z ]] || return 0
+    done
+    return 1
+}
+
+wait_gone() {
+    local timeout_s=$1 deadline
+    shift
+    deadline=$((SECONDS + timeout_s))
+    while any_alive "$@"; do
+        ((SECONDS < deadline)) || return 1
+        sleep 0.1
+    done
+}
+
+# True if something accepts TCP connections on 127.0.0.1:PORT.
+port_open() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# True if any socket on this machine uses local port PORT (any address, any state).
+port_in_use() {
+    local hex
+    hex=$(printf '%04X' "$1")
+    grep -qsE "^ *[0-9]+: [0-9A-F]+:$hex " /proc/net/tcp /proc/net/tcp6
+}
+
+pick_free_port() {
+    local port tries
+    for ((tries = 0; tries < 100; tries++)); do
+        port=$((20000 + RANDOM % 30000))
+        port_in_use "$port" || {
+            echo "$port"
+            return 0
+        }
+    done
+    die "no free port found"
+}
+
+# --- setup -----------------------------------------------------------------------------------
+
+install_openssh() {
+    if [[ -x $SSHD ]] && command -v ssh-keygen >/dev/null; then
+        return 0
+    fi
+    log "installing openssh-server"
+    # Keep the package's own sshd from starting on port 22: the fixture must only ever run
+    # the server it starts itself. policy-rc.d is Debian's switch for exactly this.
+    local policy=/usr/sbin/policy-rc.d created_policy=0
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod 755 "$policy"
+        created_policy=1
+    fi
+    local status=0
+    {
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+                openssh-server openssh-client >/dev/null
+    } || status=$?
+    if ((created_policy)); then
+        rm -f "$policy"
+    fi
+    ((status == 0)) || die "apt-get install openssh-server failed ($status)"
+    [[ -x $SSHD ]] || die "$SSHD still missing after install"
+}
+
+random_password() {
+    # Letters and digits only, so the env file needs no quoting. No pipe from /dev/urandom:
+    # with pipefail, the reader closing early would fail the script with SIGPIPE.
+    local raw
+    raw=$(head -c 32 /dev/urandom | base64 -w0)
+    raw=${raw//[^A-Za-z0-9]/}
+    echo "${raw:0:24}"
+}
+
+# Creates the test user if needed, sets its password and authorizes CLIENT_KEY; prints the
+# password. The password is kept in the user's marker file and CLIENT_KEY is added to (not
+# written over) authorized_keys, so fixtures in several DIRs can share the user.
+setup_user() {
+    local home marker password
+    if id "$FIXTURE_USER" >/dev/null 2>&1; then
+        home=$(getent passwd "$FIXTURE_USER" | cut -d: -f6)
+        [[ -e $home/$USER_MARKER ]] ||
+            die "user $FIXTURE_USER exists and was not created by this script; set SSHD_FIXTURE_USER"
+    else
+        useradd --create-home --shell /bin/bash "$FIXTURE_USER"
+        home=$(getent passwd "$FIXTURE_USER" | cut -d: -f6)
+    fi
+    marker=$home/$USER_MARKER
+    password=$(cat "$marker" 2>/dev/null || true)
+    if [[ ! $password =~ ^[A-Za-z0-9]{16,}$ ]]; then
+        password=$(random_password)
+        # Readable by root only, from the start: it holds the password.
+        install -m 600 -o root -g root /dev/null "$marker"
+        echo "$password" >"$marker"
+    fi
+    echo "$FIXTURE_USER:$password" | chpasswd >&2
+
+    local keys=$home/.ssh/authorized_keys
+    install -d -m 700 -o "$FIXTURE_USER" -g "$FIXTURE_USER" "$home/.ssh"
+    if ! grep -qxF "$(<"$CLIENT_KEY.pub")" "$keys" 2>/dev/null; then
+        cat "$CLIENT_KEY.pub" >>"$keys"
+    fi
+    chown "$FIXTURE_USER:$FIXTURE_USER" "$keys"
+    chmod 600 "$keys"
+    echo "$password"
+}
+
+new_key() {
+    rm -f "$1" "$1.pub"
+    ssh-keygen -q -t ed25519 -N '' -C "$2" -f "$1"
+}
+
+write_config() {
+    local port=$1
+    cat >"$CONFIG" <<EOF
+# Written by scripts/sshd-fixture.sh; rewritten on every start.
+Port $port
+ListenAddress 127.0.0.1
+HostKey $DIR/ssh_host_ed25519_key
+PidFile $PIDFILE
+AllowUsers $FIXTURE_USER
+PermitRootLogin no
+PasswordAuthentication yes
+PubkeyAuthentication yes
+KbdInteractiveAuthentication no
+AuthorizedKeysFile .ssh/authorized_keys
+# Debian's sshd checks passwords against /etc/shadow itself when PAM is off, and PAM would
+# only add login-session noise (and needs more of the system set up).
+UsePAM no
+# The fixture's files live in a directory other users may be able to write.
+StrictModes no
+MaxSessions 10
+# Tests open many connections at once; the default (10:30:100) randomly drops handshakes
+# beyond 10 pending ones.
+MaxStartups 100
+LogLevel VERBOSE
+X11Forwarding no
+PrintMotd no
+PrintLastLog no
+EOF
+    # OpenSSH 9.8+ penalises sources that fail logins, which would block 127.0.0.1 after a
+    # test's deliberate bad-password attempts. Older versions reject the option.
+    if "$SSHD" -t -f "$CONFIG" -o PerSourcePenalties=no >/dev/null 2>&1; then
+        echo "PerSourcePenalties no" >>"$CONFIG"
+    fi
+    "$SSHD" -t -f "$CONFIG" || die "sshd rejected $CONFIG"
+}
+
+# Starts sshd on PORT and waits until it listens. Returns 1 if it could not bind the port.
+start_sshd() {
+    local port=$1 deadline
+    rm -f "$PIDFILE"
+    write_config "$port"
+    # sshd binds before it daemonizes, so a taken port shows up as a failed start.
+    "$SSHD" -f "$CONFIG" -E "$LOG" || return 1
+    deadline=$((SECONDS + START_TIMEOUT_S))
+    until port_open "$port" && running_pid >/dev/null; do
+        if ((SECONDS >= deadline)); then
+            tail -n 20 "$LOG" >&2 || true
+            die "sshd did not start listening on 127.0.0.1:$port within ${START_TIMEOUT_S}s"
+        fi
+        sleep 0.1
+    done
+}
+
+cmd_start() {
+    local pid port password attempt
+    if pid=$(running_pid); then
+        log "already running (pid $pid), see $ENV_FILE"
+        return 0
+    fi
+    install_openssh
+    mkdir -p "$DIR"
+    chmod 755 "$DIR"
+    # Privilege separation directory; Debian creates it only when its own service starts.
+    mkdir -p /run/sshd
+    chmod 755 /run/sshd
+
+    # Keys survive restarts, like a real device's host key and a user's own key.
+    [[ -s $DIR/ssh_host_ed25519_key ]] || new_key "$DIR/ssh_host_ed25519_key" "sshd-fixture-host"
+    [[ -s $CLIENT_KEY ]] || new_key "$CLIENT_KEY" "$FIXTURE_USER@sshd-fixture"
+    password=$(setup_user)
+
+    # Another process may take the picked port between the check and sshd's bind.
+    # SSHD_FIXTURE_PORT brings a stopped server back on the port its clients know.
+    for attempt in 1 2 3 4 5; do
+        port=${SSHD_FIXTURE_PORT:-$(pick_free_port)}
+        start_sshd "$port" && break
+        log "could not start on port $port (attempt $attempt)"
+        port=
+    done
+    [[ -n $port ]] || {
+        tail -n 20 "$LOG" >&2 || true
+        die "sshd failed to start"
+    }
+
+    echo "[127.0.0.1]:$port $(cut -d' ' -f1,2 "$DIR/ssh_host_ed25519_key.pub")" >"$KNOWN_HOSTS"
+    # Written last and atomically: its presence means the server is up.
+    local tmp=$ENV_FILE.tmp
+    (
+        umask 077
+        cat >"$tmp" <<EOF
+SSHD_HOST=127.0.0.1
+SSHD_PORT=$port
+SSHD_USER=$FIXTURE_USER
+SSHD_PASSWORD=$password
+SSHD_KEY=$CLIENT_KEY
+SSHD_KNOWN_HOSTS=$KNOWN_HOSTS
+SSHD_PIDFILE=$PIDFILE
+EOF
+    )
+    mv "$tmp" "$ENV_FILE"
+    log "sshd running on 127.0.0.1:$port (pid $(<"$PIDFILE")), see $ENV_FILE"
+}
+
+cmd_stop() {
+    local pid victims
+    rm -f "$ENV_FILE"
+    if ! pid=$(running_pid); then
+        rm -f "$PIDFILE"
+        log "not running"
+        return 0
+    fi
+    # Collect the sessions first: once the listener is gone they are reparented and no longer
+    # traceable to it. SIGTERM to the listener alone would leave established sessions running.
+    mapfile -t victims < <(descendants "$pid")
+    victims=("$pid" ${victims[@]+"${victims[@]}"})
+    kill -TERM "${victims[@]}" 2>/dev/null || true
+    if ! wait_gone "$STOP_TIMEOUT_S" "${victims[@]}"; then
+        log "sshd did not exit on SIGTERM, sending SIGKILL"
+        kill -KILL "${victims[@]}" 2>/dev/null || true
+        wait_gone "$STOP_TIMEOUT_S" "${victims[@]}" || die "processes still alive: ${victims[*]}"
+    fi
+    rm -f "$PIDFILE"
+    log "stopped sshd $pid and its sessions (${#victims[@]} processes)"
+}
+
+main() {
+    (($# >= 1 && $# <= 2)) || usage
+    local action=$1
+    DIR=${2:-${SSHD_FIXTURE_DIR:-/tmp/cs-sshd-fixture}}
+    [[ $DIR == /* ]] || DIR=$PWD/$DIR
+    # fixture.env and sshd_config hold these paths unquoted.
+    [[ $DIR =~ ^[A-Za-z0-9/._-]+$ ]] || die "DIR must be a plain path (letters, digits, / . _ -): $DIR"
+    [[ $FIXTURE_USER =~ ^[a-z_][a-z0-9_-]*$ && $FIXTURE_USER != root ]] ||
+        die "SSHD_FIXTURE_USER must be a plain, non-root user name: $FIXTURE_USER"
+    ((EUID == 0)) || die "must run as root"
+
+    CONFIG=$DIR/sshd_config
+    PIDFILE=$DIR/sshd.pid
+    LOG=$DIR/sshd.log
+    CLIENT_KEY=$DIR/client_ed25519
+    KNOWN_HOSTS=$DIR/known_hosts
+    ENV_FILE=$DIR/fixture.env
+
+    case $action in
+    start) cmd_start ;;
+    stop) cmd_stop ;;
+    *) usage ;;
+    esac
+}
+
+main "$@"
