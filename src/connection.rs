@@ -196,7 +196,7 @@ pub enum CommandError {
     #[error("connection lost: {0}")]
     ConnectionLost(String),
     /// The command ran and reported failure.
-    #[error("command exited with status {status}: {stderr}")]
+    #[error("command exited with status {status}{}", stderr_suffix(stderr))]
     ExitStatus {
         /// The exit status the peer reported.
         status: u32,
@@ -206,6 +206,14 @@ pub enum CommandError {
     /// Any other failure, in the plugin's words.
     #[error("{0}")]
     Other(String),
+}
+
+/// `: <stderr>` with surrounding whitespace trimmed, or nothing when the command wrote none.
+fn stderr_suffix(stderr: &str) -> String {
+    match stderr.trim() {
+        "" => String::new(),
+        text => format!(": {text}"),
+    }
 }
 
 impl From<String> for CommandError {
