@@ -1,0 +1,255 @@
+//! The connection supervisor inside an actor system of your own.
+//!
+//! `Operator` is the user's actor: it spawns the `ConnectionSupervisor` linked under itself (so
+//! it hears when the supervisor stops or fails, like any child), subscribes to the lifecycle
+//! events as plain messages of its own type, logs the interesting ones and counts reconnects.
+//! Other code can wait, without polling, until the operator has seen a number of reconnects
+//! or closes: the operator answers once it gets there.
+//!
+//! Run with `cargo run --example embed`. It starts three embedded SSH devices, runs a command
+//! on each through the supervisor, drops every session of one device and waits (bounded) until
+//! the operator has seen the supervisor bring it back.
+
+use std::error::Error as StdError;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use connection_supervisor::ssh::{self, HostKeyPolicy, PLUGIN_NAME, SshOptions};
+use connection_supervisor::testing::{
+    DEFAULT_PASSWORD, DEFAULT_USERNAME, SshTestServer, SshTestServerConfig,
+};
+use connection_supervisor::{
+    Backoff, ConnectionEvent, ConnectionKey, ConnectionManager, ConnectionPolicy,
+    ConnectionSupervisor, EventKind, ResolvedConnectionParams, SupervisorConfig, SupervisorMessage,
+};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent, call_t};
+
+/// The user's own actor, owning the connection supervisor.
+struct Operator;
+
+enum OperatorMessage {
+    /// A lifecycle event from the supervisor's subscription.
+    Lifecycle(ConnectionEvent),
+    /// The supervisor, for whoever wants to message it directly.
+    Supervisor(RpcReplyPort<ActorRef<SupervisorMessage>>),
+    /// Answers with the count of `what` once it is at least `at_least`.
+    WaitFor {
+        what: Tally,
+        at_least: u64,
+        reply: RpcReplyPort<u64>,
+    },
+}
+
+/// What the operator counts.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Tally {
+    Reconnects,
+    Closes,
+}
+
+#[derive(Default)]
+struct Counts {
+    reconnects: u64,
+    closes: u64,
+}
+
+impl Counts {
+    fn of(&self, what: Tally) -> u64 {
+        match what {
+            Tally::Reconnects => self.reconnects,
+            Tally::Closes => self.closes,
+        }
+    }
+}
+
+struct OperatorState {
+    supervisor: ActorRef<SupervisorMessage>,
+    counts: Counts,
+    /// Askers waiting for a count to reach their number.
+    waiting: Vec<(Tally, u64, RpcReplyPort<u64>)>,
+}
+
+impl Actor for Operator {
+    type Msg = OperatorMessage;
+    type State = OperatorState;
+    type Arguments = SupervisorConfig;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        config: SupervisorConfig,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let (supervisor, _) =
+            Actor::spawn_linked(None, ConnectionSupervisor, config, myself.get_cell()).await?;
+        // Events arrive as this actor's own messages, in order per connection.
+        ConnectionManager::from_supervisor(supervisor.clone())
+            .await?
+            .subscribe_actor(myself, |event| Some(OperatorMessage::Lifecycle(event)))
+            .await?;
+        Ok(OperatorState {
+            supervisor,
+            counts: Counts::default(),
+            waiting: Vec::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            OperatorMessage::Lifecycle(event) => {
+                let host = &event.key.hostname;
+                match &event.kind {
+                    EventKind::Opened => println!("operator: {host} is open"),
+                    EventKind::Lost { reason } => println!("operator: {host} lost ({reason})"),
+                    EventKind::Reconnecting { attempt, delay } => {
+                        println!("operator: {host} reconnect attempt {attempt} in {delay:.0?}");
+                    }
+                    EventKind::Reconnected { attempts } => {
+                        state.counts.reconnects += 1;
+                        println!(
+                            "operator: {host} is back after {attempts} attempt(s); {} reconnect(s) so far",
+                            state.counts.reconnects
+                        );
+                    }
+                    EventKind::Closed { reason } => {
+                        state.counts.closes += 1;
+                        println!("operator: {host} closed ({reason:?})");
+                    }
+                    _ => {}
+                }
+                let counts = &state.counts;
+                let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut state.waiting)
+                    .into_iter()
+                    .partition(|(what, at_least, _)| counts.of(*what) >= *at_least);
+                state.waiting = waiting;
+                for (what, _, reply) in ready {
+                    let _ = reply.send(counts.of(what));
+                }
+            }
+            OperatorMessage::Supervisor(reply) => {
+                let _ = reply.send(state.supervisor.clone());
+            }
+            OperatorMessage::WaitFor {
+                what,
+                at_least,
+                reply,
+            } => {
+                let count = state.counts.of(what);
+                if count >= at_least {
+                    let _ = reply.send(count);
+                } else {
+                    state.waiting.push((what, at_least, reply));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        _state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorTerminated(..) => {
+                println!("operator: the connection supervisor stopped; stopping too");
+                myself.stop(None);
+            }
+            SupervisionEvent::ActorFailed(_, reason) => {
+                // A failed supervisor takes its connections with it: escalate, as any parent
+                // would for a child it cannot do without.
+                return Err(format!("the connection supervisor failed: {reason}").into());
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn StdError>> {
+    let mut devices = Vec::new();
+    let mut known_hosts = String::new();
+    for name in ["core-1", "edge-1", "edge-2"] {
+        let device = SshTestServer::start(SshTestServerConfig {
+            hostname: name.to_owned(),
+            ..SshTestServerConfig::default()
+        })
+        .await?;
+        known_hosts.push_str(&device.known_hosts_line()?);
+        known_hosts.push('\n');
+        devices.push((name, device));
+    }
+    let known_hosts_path: PathBuf =
+        std::env::temp_dir().join(format!("cs-embed-{}-known_hosts", std::process::id()));
+    std::fs::write(&known_hosts_path, known_hosts)?;
+
+    let config = SupervisorConfig::default()
+        .factory(ssh::factory(SshOptions {
+            host_key_policy: HostKeyPolicy::Strict(known_hosts_path.clone()),
+            ..SshOptions::default()
+        }))
+        .policy(ConnectionPolicy {
+            backoff: Backoff {
+                initial: Duration::from_millis(200),
+                ..Backoff::default()
+            },
+            ..ConnectionPolicy::default()
+        });
+    let (operator, operator_done) = Actor::spawn(None, Operator, config).await?;
+
+    // Any part of the program can drive the supervisor, through the typed wrapper or with
+    // plain `SupervisorMessage`s.
+    let supervisor = call_t!(operator, OperatorMessage::Supervisor, 5_000)?;
+    let manager = ConnectionManager::from_supervisor(supervisor).await?;
+    for (name, device) in &devices {
+        let params = ResolvedConnectionParams {
+            hostname: "127.0.0.1".into(),
+            port: Some(device.port()),
+            username: Some(DEFAULT_USERNAME.into()),
+            password: Some(DEFAULT_PASSWORD.into()),
+            ..ResolvedConnectionParams::default()
+        };
+        let handle = manager
+            .open_connection(&ConnectionKey::new(*name, PLUGIN_NAME), &params)
+            .await?
+            .ok_or("the ssh factory serves \"ssh\" keys")?;
+        print!("{name}: {}", handle.execute_command("show version").await?);
+    }
+
+    println!("main: dropping every session of edge-1");
+    devices[1].1.drop_all_sessions().await;
+    let seen = call_t!(
+        operator,
+        |reply| OperatorMessage::WaitFor {
+            what: Tally::Reconnects,
+            at_least: 1,
+            reply
+        },
+        10_000
+    )?;
+    println!("main: the operator has seen {seen} reconnect(s)");
+
+    manager.close_all_connections().await?;
+    // Events reach the operator through its mailbox, after the calls that caused them return:
+    // wait until it has seen every close before stopping its supervisor.
+    call_t!(
+        operator,
+        |reply| OperatorMessage::WaitFor {
+            what: Tally::Closes,
+            at_least: devices.len() as u64,
+            reply
+        },
+        10_000
+    )?;
+    // The operator sees its child stop and stops itself.
+    manager.shutdown().await?;
+    operator_done.await?;
+    let _ = std::fs::remove_file(known_hosts_path);
+    Ok(())
+}

@@ -1,0 +1,692 @@
+//! The job this crate is for, end to end: run commands on a fleet of SSH devices through the
+//! supervisor, survive devices going away half-way, and report what happened.
+//!
+//! ```text
+//! cargo run --release --example fleet                      # 50 embedded devices, with chaos
+//! cargo run --release --example fleet -- --hosts 200 --concurrency 64
+//! cargo run --release --example fleet -- --no-chaos --commands "show version,hostname"
+//! cargo run --release --example fleet -- --inventory examples/fleet/inventory.sample.toml
+//! ```
+//!
+//! Without `--inventory` it starts `--hosts` embedded SSH devices
+//! (`connection_supervisor::testing::SshTestServer`) on loopback, each with its own host key,
+//! writes their keys to a temporary known_hosts file and checks them strictly. Every device runs
+//! `--commands` for `--rounds` rounds, at most `--concurrency` commands in flight across the
+//! fleet. Half-way through, a tenth of the devices (at least two) go down with their sessions
+//! and come back on the same port a moment later: the live lines show the losses, the backoff
+//! and the reconnects the supervisor does on its own. A command that fails because its session
+//! died under it is tried again (it then waits, bounded, for the reconnect).
+//!
+//! The exit code is 0 only when every device ends up open and every command succeeded in the
+//! end; 1 otherwise; 2 for bad flags or a bad inventory file.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use connection_supervisor::ssh::{self, HostKeyPolicy, PLUGIN_NAME, SshOptions};
+use connection_supervisor::testing::{
+    DEFAULT_PASSWORD, DEFAULT_USERNAME, SshTestServer, SshTestServerConfig,
+};
+use connection_supervisor::{
+    Backoff, CommandError, ConnectionCounters, ConnectionHandle, ConnectionKey, ConnectionManager,
+    ConnectionPolicy, ConnectionState, Error, EventKind, EventStream, Extras,
+    ResolvedConnectionParams, SupervisorConfig,
+};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Deserialize;
+use tokio::sync::{Semaphore, mpsc};
+
+/// Tries per command: the first, plus retries after the session died under it.
+const TRIES: u32 = 4;
+/// How long the chaos keeps devices down.
+const OUTAGE: Duration = Duration::from_millis(1500);
+
+#[derive(Parser, Debug)]
+#[command(about = "Run commands on a fleet of SSH devices through the connection supervisor")]
+struct Cli {
+    /// Embedded devices to start (ignored with --inventory).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=2000))]
+    hosts: u32,
+    /// Commands to run on every device, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "show version,hostname,echo fleet-check"
+    )]
+    commands: Vec<String>,
+    /// Times each device runs the whole command list.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    rounds: u32,
+    /// Commands in flight at once across the fleet.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    concurrency: u32,
+    /// Don't take devices down half-way.
+    #[arg(long)]
+    no_chaos: bool,
+    /// Latency each embedded device adds to every command, in milliseconds.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    latency_ms: u64,
+    /// Run against the real hosts listed in this TOML file instead of embedded devices
+    /// (see examples/fleet/inventory.sample.toml). Chaos is off: we cannot take them down.
+    #[arg(long, value_name = "FILE")]
+    inventory: Option<PathBuf>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inventory
+
+/// The inventory file: an optional `[defaults]` table and one `[[hosts]]` table per host.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct Inventory {
+    #[serde(default)]
+    defaults: HostDefaults,
+    hosts: Vec<InventoryHost>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct HostDefaults {
+    port: Option<u16>,
+    user: Option<String>,
+    password: Option<String>,
+    key: Option<PathBuf>,
+    /// `strict` (the default), `accept-new` or `accept-any`.
+    host_key_policy: Option<String>,
+    /// known_hosts file for `strict` and `accept-new`; defaults to ~/.ssh/known_hosts.
+    known_hosts: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct InventoryHost {
+    /// Name shown in the report and used as the connection key; defaults to `host`.
+    name: Option<String>,
+    host: String,
+    port: Option<u16>,
+    user: Option<String>,
+    password: Option<String>,
+    key: Option<PathBuf>,
+}
+
+/// One line saying what is wrong with the inventory file.
+fn load_inventory(path: &Path) -> Result<(Vec<Target>, HostKeyPolicy), String> {
+    let where_ = path.display();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{where_}: {e}"))?;
+    let inventory: Inventory = toml::from_str(&text).map_err(|e| {
+        let at = e
+            .span()
+            .map(|span| {
+                let line = text[..span.start].matches('\n').count() + 1;
+                format!(" (line {line})")
+            })
+            .unwrap_or_default();
+        format!("{where_}{at}: {}", e.message().trim())
+    })?;
+    if inventory.hosts.is_empty() {
+        return Err(format!("{where_}: no [[hosts]] entries"));
+    }
+    let defaults = inventory.defaults;
+    let policy = match (
+        defaults.host_key_policy.as_deref().unwrap_or("strict"),
+        defaults.known_hosts,
+    ) {
+        ("strict", Some(file)) => HostKeyPolicy::Strict(file),
+        ("strict", None) => HostKeyPolicy::default(),
+        ("accept-new", Some(file)) => HostKeyPolicy::AcceptNew(file),
+        ("accept-new", None) => match HostKeyPolicy::default() {
+            HostKeyPolicy::Strict(file) => HostKeyPolicy::AcceptNew(file),
+            other => other,
+        },
+        ("accept-any", _) => HostKeyPolicy::AcceptAny,
+        (other, _) => {
+            return Err(format!(
+                "{where_}: host_key_policy must be \"strict\", \"accept-new\" or \"accept-any\", not {other:?}"
+            ));
+        }
+    };
+    let mut seen = HashMap::new();
+    let mut targets = Vec::with_capacity(inventory.hosts.len());
+    for (index, host) in inventory.hosts.into_iter().enumerate() {
+        let name = host.name.unwrap_or_else(|| host.host.clone());
+        let entry = format!("{where_}: host {name:?} (entry {})", index + 1);
+        if host.host.trim().is_empty() {
+            return Err(format!("{entry}: `host` is empty"));
+        }
+        if let Some(first) = seen.insert(name.clone(), index + 1) {
+            return Err(format!("{entry}: the name is also used by entry {first}"));
+        }
+        let user = host.user.or_else(|| defaults.user.clone());
+        let password = host.password.or_else(|| defaults.password.clone());
+        let key = host.key.or_else(|| defaults.key.clone());
+        if user.is_none() {
+            return Err(format!("{entry}: no `user` (here or in [defaults])"));
+        }
+        if password.is_none() && key.is_none() {
+            return Err(format!(
+                "{entry}: neither `password` nor `key` (here or in [defaults])"
+            ));
+        }
+        if let Some(key) = &key
+            && !key.is_file()
+        {
+            return Err(format!("{entry}: key file {} not found", key.display()));
+        }
+        let extras: Option<Extras> = key.map(|key| {
+            [(
+                "private_key_path".to_owned(),
+                serde_json::Value::String(key.display().to_string()),
+            )]
+            .into()
+        });
+        targets.push(Target {
+            key: ConnectionKey::new(name, PLUGIN_NAME),
+            params: ResolvedConnectionParams {
+                hostname: host.host,
+                port: Some(host.port.or(defaults.port).unwrap_or(22)),
+                username: user,
+                password,
+                extras,
+                ..ResolvedConnectionParams::default()
+            },
+        });
+    }
+    Ok((targets, policy))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fleet
+
+/// One host to work on.
+struct Target {
+    key: ConnectionKey,
+    params: ResolvedConnectionParams,
+}
+
+/// Embedded devices and the known_hosts file that trusts exactly their keys.
+struct Lab {
+    devices: Vec<SshTestServer>,
+    dir: PathBuf,
+}
+
+impl Lab {
+    async fn start(hosts: u32, latency: Duration) -> Result<(Self, Vec<Target>), String> {
+        let dir = std::env::temp_dir().join(format!("cs-fleet-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut devices = Vec::with_capacity(hosts as usize);
+        let mut known_hosts = String::new();
+        let mut targets = Vec::with_capacity(hosts as usize);
+        for index in 0..hosts {
+            let name = format!("device-{index:03}");
+            let device = SshTestServer::start(SshTestServerConfig {
+                hostname: name.clone(),
+                latency,
+                ..SshTestServerConfig::default()
+            })
+            .await
+            .map_err(|e| format!("starting embedded device {name}: {e}"))?;
+            let line = device
+                .known_hosts_line()
+                .map_err(|e| format!("host key of {name}: {e}"))?;
+            known_hosts.push_str(&line);
+            known_hosts.push('\n');
+            targets.push(Target {
+                key: ConnectionKey::new(name, PLUGIN_NAME),
+                params: ResolvedConnectionParams {
+                    hostname: "127.0.0.1".into(),
+                    port: Some(device.port()),
+                    username: Some(DEFAULT_USERNAME.into()),
+                    password: Some(DEFAULT_PASSWORD.into()),
+                    ..ResolvedConnectionParams::default()
+                },
+            });
+            devices.push(device);
+        }
+        let lab = Self { devices, dir };
+        std::fs::write(lab.known_hosts(), known_hosts)
+            .map_err(|e| format!("{}: {e}", lab.known_hosts().display()))?;
+        Ok((lab, targets))
+    }
+
+    fn known_hosts(&self) -> PathBuf {
+        self.dir.join("known_hosts")
+    }
+
+    /// Takes every tenth device (at least two) down with its sessions, keeps it down for
+    /// [`OUTAGE`], and brings it back on the same port with the same host key.
+    async fn chaos(&self, say: impl Fn(String)) -> Result<(), String> {
+        let victims: Vec<usize> = {
+            let count = (self.devices.len() / 10).max(2).min(self.devices.len());
+            let step = self.devices.len() / count;
+            (0..count).map(|i| i * step).collect()
+        };
+        let names = victims
+            .iter()
+            .map(|&i| format!("device-{i:03}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        say(format!(
+            "chaos: taking {} devices down for {OUTAGE:?}: {names}",
+            victims.len()
+        ));
+        futures::future::join_all(victims.iter().map(|&i| self.devices[i].stop())).await;
+        tokio::time::sleep(OUTAGE).await;
+        say("chaos: bringing them back".to_owned());
+        for &i in &victims {
+            self.devices[i]
+                .restart()
+                .await
+                .map_err(|e| format!("restarting device-{i:03}: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// What one device did.
+#[derive(Default)]
+struct Tally {
+    ok: u32,
+    failed_tries: u32,
+    gave_up: u32,
+    last_error: Option<String>,
+    latencies: Vec<Duration>,
+    open_error: Option<String>,
+}
+
+/// Runs every round of `commands` on one host, one command at a time, each holding a permit of
+/// the fleet-wide `limit` while in flight.
+async fn work_on(
+    manager: ConnectionManager,
+    target: Arc<Target>,
+    commands: Arc<[String]>,
+    rounds: u32,
+    limit: Arc<Semaphore>,
+    done: mpsc::UnboundedSender<()>,
+) -> Tally {
+    let mut tally = Tally::default();
+    let total = commands.len() as u32 * rounds;
+    let handle = match open(&manager, &target).await {
+        Ok(handle) => handle,
+        Err(error) => {
+            tally.open_error = Some(error.to_string());
+            tally.gave_up = total;
+            for _ in 0..total {
+                let _ = done.send(());
+            }
+            return tally;
+        }
+    };
+    for _ in 0..rounds {
+        for command in commands.iter() {
+            let Ok(_permit) = limit.acquire().await else {
+                return tally;
+            };
+            let mut succeeded = false;
+            for _ in 0..TRIES {
+                let started = Instant::now();
+                match handle.execute_command(command).await {
+                    Ok(_) => {
+                        tally.latencies.push(started.elapsed());
+                        succeeded = true;
+                        break;
+                    }
+                    // A command that ran and failed fails the same way again: no retry.
+                    Err(
+                        error @ Error::Command {
+                            source: CommandError::ExitStatus { .. },
+                            ..
+                        },
+                    ) => {
+                        tally.last_error = Some(format!("`{command}`: {error}"));
+                        break;
+                    }
+                    // The session died under it, or the reconnect is not done yet: the next try
+                    // waits for the reconnect (bounded by the request timeout).
+                    Err(error) => {
+                        tally.failed_tries += 1;
+                        tally.last_error = Some(format!("`{command}`: {error}"));
+                    }
+                }
+            }
+            if succeeded {
+                tally.ok += 1;
+            } else {
+                tally.gave_up += 1;
+            }
+            let _ = done.send(());
+        }
+    }
+    tally
+}
+
+async fn open(manager: &ConnectionManager, target: &Target) -> Result<ConnectionHandle, Error> {
+    manager
+        .open_connection(&target.key, &target.params)
+        .await?
+        .ok_or_else(|| Error::InvalidConfig(format!("no plugin serves {}", target.key)))
+}
+
+/// Prints the lifecycle events worth a line and counts reconnects per host, until the
+/// supervisor shuts down.
+async fn watch(
+    mut events: EventStream,
+    bar: ProgressBar,
+    start: Instant,
+) -> HashMap<ConnectionKey, u32> {
+    let mut reconnects = HashMap::new();
+    while let Some(event) = events.next().await {
+        let what = match &event.kind {
+            EventKind::Lost { reason } => format!("lost ({reason})"),
+            EventKind::Reconnecting { attempt, delay } => {
+                format!("reconnect attempt {attempt} in {delay:.0?}")
+            }
+            EventKind::OpenFailed { failure, attempt } => {
+                format!("attempt {attempt} failed: {}", failure.message)
+            }
+            EventKind::Reconnected { attempts } => {
+                *reconnects.entry(event.key.clone()).or_insert(0) += 1;
+                format!("reconnected after {attempts} attempt(s)")
+            }
+            EventKind::GaveUp { failure } => format!("gave up: {}", failure.message),
+            EventKind::Restarted { reason, .. } => format!("actor restarted: {reason}"),
+            EventKind::Quarantined { duration, .. } => format!("quarantined for {duration:?}"),
+            _ => continue,
+        };
+        let line = format!(
+            "{:>7.2}s  {:<12} {what}",
+            start.elapsed().as_secs_f64(),
+            event.key.hostname
+        );
+        bar.suspend(|| println!("{line}"));
+    }
+    reconnects
+}
+
+fn percentile(latencies: &mut [Duration], p: f64) -> Option<Duration> {
+    if latencies.is_empty() {
+        return None;
+    }
+    latencies.sort_unstable();
+    let index = ((latencies.len() - 1) as f64 * p).round() as usize;
+    Some(latencies[index])
+}
+
+fn print_report(
+    targets: &[Arc<Target>],
+    tallies: &mut [Tally],
+    states: &[ConnectionState],
+    reconnects: &HashMap<ConnectionKey, u32>,
+    counters: Option<ConnectionCounters>,
+) {
+    println!();
+    println!(
+        "{:<14} {:<10} {:>6} {:>7} {:>8} {:>11} {:>9}",
+        "device", "state", "ok", "failed", "retried", "reconnects", "p50 ms"
+    );
+    for ((target, tally), state) in targets.iter().zip(tallies.iter_mut()).zip(states) {
+        let p50 = percentile(&mut tally.latencies, 0.5)
+            .map(|d| format!("{:.1}", d.as_secs_f64() * 1e3))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<14} {:<10} {:>6} {:>7} {:>8} {:>11} {:>9}",
+            target.key.hostname,
+            format!("{state:?}"),
+            tally.ok,
+            tally.gave_up,
+            tally.failed_tries,
+            reconnects.get(&target.key).copied().unwrap_or(0),
+            p50
+        );
+        if let Some(error) = &tally.open_error {
+            println!("    open failed: {error}");
+        } else if tally.gave_up > 0
+            && let Some(error) = &tally.last_error
+        {
+            println!("    last failure: {error}");
+        }
+    }
+    let mut all: Vec<Duration> = tallies
+        .iter()
+        .flat_map(|t| t.latencies.iter().copied())
+        .collect();
+    let p50 = percentile(&mut all, 0.5).unwrap_or_default();
+    let p99 = percentile(&mut all, 0.99).unwrap_or_default();
+    println!();
+    println!(
+        "fleet: {} commands ok, {} failed, {} tries retried; latency p50 {:.1} ms, p99 {:.1} ms",
+        tallies.iter().map(|t| t.ok).sum::<u32>(),
+        tallies.iter().map(|t| t.gave_up).sum::<u32>(),
+        tallies.iter().map(|t| t.failed_tries).sum::<u32>(),
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3
+    );
+    match counters {
+        Some(c) => println!(
+            "counters[ssh]: create {} open {} failed-open {} close {} losses {} reconnects {} crashes {} restarts {} quarantines {}",
+            c.create_calls,
+            c.open_calls,
+            c.failed_open_calls,
+            c.close_calls,
+            c.losses,
+            c.reconnects,
+            c.crashes,
+            c.restarts,
+            c.quarantines
+        ),
+        None => println!("counters[ssh]: none (no connection was created)"),
+    }
+}
+
+async fn run(cli: Cli) -> Result<bool, String> {
+    let commands: Arc<[String]> = cli
+        .commands
+        .iter()
+        .map(|c| c.trim().to_owned())
+        .filter(|c| !c.is_empty())
+        .collect::<Vec<_>>()
+        .into();
+    if commands.is_empty() {
+        return Err("--commands: no command given".into());
+    }
+
+    let (lab, targets, host_keys) = match &cli.inventory {
+        Some(path) => {
+            let (targets, host_keys) = load_inventory(path)?;
+            (None, targets, host_keys)
+        }
+        None => {
+            let (lab, targets) =
+                Lab::start(cli.hosts, Duration::from_millis(cli.latency_ms)).await?;
+            let host_keys = HostKeyPolicy::Strict(lab.known_hosts());
+            (Some(lab), targets, host_keys)
+        }
+    };
+    let chaos = lab.as_ref().filter(|_| !cli.no_chaos);
+    let targets: Vec<Arc<Target>> = targets.into_iter().map(Arc::new).collect();
+
+    // Quick first retries so the demo shows the backoff within its outage.
+    let policy = ConnectionPolicy {
+        backoff: Backoff {
+            initial: Duration::from_millis(250),
+            max: Duration::from_secs(2),
+            ..Backoff::default()
+        },
+        ..ConnectionPolicy::default()
+    };
+    let options = SshOptions {
+        host_key_policy: host_keys,
+        ..SshOptions::default()
+    };
+    let config = SupervisorConfig::default()
+        .factory(ssh::factory(options))
+        .policy(policy);
+    let manager = ConnectionManager::spawn(config)
+        .await
+        .map_err(|e| format!("starting the supervisor: {e}"))?;
+    let events = manager
+        .subscribe()
+        .await
+        .map_err(|e| format!("subscribing to events: {e}"))?;
+
+    let total = targets.len() as u64 * commands.len() as u64 * u64::from(cli.rounds);
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} commands {msg}")
+            .map_err(|e| e.to_string())?
+            .progress_chars("=> "),
+    );
+    let start = Instant::now();
+    println!(
+        "{} hosts x {} commands x {} rounds, {} in flight at most{}",
+        targets.len(),
+        commands.len(),
+        cli.rounds,
+        cli.concurrency,
+        if chaos.is_some() {
+            ", chaos half-way"
+        } else {
+            ""
+        }
+    );
+    let watcher = tokio::spawn(watch(events, bar.clone(), start));
+
+    let limit = Arc::new(Semaphore::new(cli.concurrency as usize));
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let workers: Vec<_> = targets
+        .iter()
+        .map(|target| {
+            tokio::spawn(work_on(
+                manager.clone(),
+                target.clone(),
+                commands.clone(),
+                cli.rounds,
+                limit.clone(),
+                done_tx.clone(),
+            ))
+        })
+        .collect();
+    drop(done_tx);
+
+    // Count completions as they come; start the chaos once half the job is done.
+    let mut finished = 0u64;
+    let mut chaos_task = None;
+    while done_rx.recv().await.is_some() {
+        finished += 1;
+        bar.inc(1);
+        if finished * 2 >= total
+            && chaos_task.is_none()
+            && let Some(lab) = chaos
+        {
+            let say = {
+                let bar = bar.clone();
+                move |line: String| {
+                    let line = format!("{:>7.2}s  {line}", start.elapsed().as_secs_f64());
+                    bar.suspend(|| println!("{line}"));
+                }
+            };
+            chaos_task = Some(lab.chaos(say));
+            // Run the chaos alongside the rest of the job.
+            break;
+        }
+    }
+    let chaos_result = match chaos_task {
+        Some(chaos) => {
+            let drain = async {
+                while done_rx.recv().await.is_some() {
+                    bar.inc(1);
+                }
+            };
+            let (result, ()) = tokio::join!(chaos, drain);
+            result
+        }
+        None => Ok(()),
+    };
+    let mut tallies = Vec::with_capacity(workers.len());
+    for worker in workers {
+        tallies.push(worker.await.map_err(|e| format!("a worker failed: {e}"))?);
+    }
+    bar.finish_with_message(format!("in {:.2?}", start.elapsed()));
+    chaos_result?;
+
+    let mut states = Vec::with_capacity(targets.len());
+    for target in &targets {
+        let state = manager
+            .connection_status(&target.key)
+            .await
+            .map_err(|e| format!("status of {}: {e}", target.key))?
+            .map(|s| s.state)
+            .unwrap_or(ConnectionState::Closed);
+        states.push(state);
+    }
+    manager
+        .close_all_connections()
+        .await
+        .map_err(|e| format!("closing the connections: {e}"))?;
+    let counters = manager
+        .connection_counters_for(PLUGIN_NAME)
+        .await
+        .map_err(|e| format!("counters: {e}"))?;
+    manager
+        .shutdown()
+        .await
+        .map_err(|e| format!("shutting down: {e}"))?;
+    let reconnects = watcher
+        .await
+        .map_err(|e| format!("the event watcher failed: {e}"))?;
+    print_report(&targets, &mut tallies, &states, &reconnects, counters);
+
+    let all_open = states.iter().all(|s| *s == ConnectionState::Open);
+    let all_ok = tallies.iter().all(|t| t.gave_up == 0);
+    if !all_open {
+        println!("FAIL: not every device ended up open");
+    }
+    if !all_ok {
+        println!("FAIL: some commands never succeeded");
+    }
+    Ok(all_open && all_ok)
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                error.kind(),
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+            ) {
+                let _ = error.print();
+                return ExitCode::SUCCESS;
+            }
+            // clap's first line says what is wrong; the usage after it is noise here.
+            let text = error.render().to_string();
+            eprintln!("fleet: {}", text.lines().next().unwrap_or("bad arguments"));
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("fleet: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("fleet: {error}");
+            ExitCode::from(2)
+        }
+    }
+}
