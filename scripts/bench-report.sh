@@ -1,0 +1,248 @@
+#!/usr/bin/env bash
+# Runs the benchmarks (benches/supervisor.rs) and writes docs/benchmarks.md from what they
+# measured: criterion's estimates (target/criterion) and the figures the benchmark keeps itself
+# (target/bench-report/extras.json, fleet-latency.svg). Every number in the page comes from
+# this run; the analysis under "What the numbers say" is kept in docs/benchmarks-analysis.md
+# and copied in.
+#
+#   scripts/bench-report.sh            run everything (about 5 minutes on 2 cores), then write
+#   scripts/bench-report.sh --no-run   only rewrite the page from the last run's results
+#
+# Needs python3 (for the page) and nothing else beyond the Rust toolchain.
+
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+readonly REPORT_DIR=target/bench-report
+readonly PAGE=docs/benchmarks.md
+readonly PLOT=docs/benchmarks/fleet-latency.svg
+
+if [[ ${1:-} != --no-run ]]; then
+    rm -rf target/criterion "$REPORT_DIR"
+    mkdir -p "$REPORT_DIR"
+    BENCH_REPORT_DIR=$PWD/$REPORT_DIR cargo bench --bench supervisor --all-features 2>&1 |
+        tee "$REPORT_DIR/bench.log"
+fi
+
+[[ -s $REPORT_DIR/extras.json ]] || {
+    echo "bench-report: no $REPORT_DIR/extras.json; run without --no-run first" >&2
+    exit 1
+}
+mkdir -p "$(dirname "$PLOT")"
+if [[ -s $REPORT_DIR/fleet-latency.svg ]]; then
+    cp "$REPORT_DIR/fleet-latency.svg" "$PLOT"
+fi
+
+python3 - "$REPORT_DIR/extras.json" "$PAGE" docs/benchmarks-analysis.md "$(rustc --version)" <<'PY'
+import glob, json, os, platform, sys, datetime
+
+extras_path, page, analysis_path, rustc = sys.argv[1:5]
+extras = json.load(open(extras_path))
+const = extras["constants"]
+
+# criterion: target/criterion/<group>/<function>/<value>/new/{benchmark,estimates}.json
+results = {}
+for path in glob.glob("target/criterion/**/new/benchmark.json", recursive=True):
+    bench = json.load(open(path))
+    estimates = json.load(open(os.path.join(os.path.dirname(path), "estimates.json")))
+    results[bench["full_id"]] = estimates["median"]["point_estimate"]  # ns per iteration
+
+def ns(full_id):
+    if full_id not in results:
+        raise SystemExit(f"bench-report: no result for {full_id!r}; did every benchmark run?")
+    return results[full_id]
+
+def fmt_time(value_ns):
+    if value_ns < 1e3:
+        return f"{value_ns:.0f} ns"
+    if value_ns < 1e6:
+        return f"{value_ns / 1e3:.2f} µs"
+    if value_ns < 1e9:
+        return f"{value_ns / 1e6:.1f} ms"
+    return f"{value_ns / 1e9:.2f} s"
+
+def fmt_rate(per_second):
+    if per_second >= 1e6:
+        return f"{per_second / 1e6:.2f} M/s"
+    if per_second >= 1e3:
+        return f"{per_second / 1e3:.1f} k/s"
+    return f"{per_second:.0f}/s"
+
+def verdict(ok):
+    return "met" if ok else "**missed**"
+
+def cpu_model():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+def memory_gib():
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemTotal"):
+                return f"{int(line.split()[1]) / 1024 / 1024:.0f} GiB"
+    except OSError:
+        pass
+    return "unknown"
+
+out = []
+w = out.append
+w("# Benchmarks")
+w("")
+w("Written by `scripts/bench-report.sh` from one run of `cargo bench --bench supervisor`")
+w("(benches/supervisor.rs); rerun the script to refresh every number on this page.")
+w("")
+w(f"- Run: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+w(f"- Machine: {os.cpu_count()} cores ({cpu_model()}), {memory_gib()} RAM, "
+  f"{platform.system()} {platform.release()}")
+w(f"- Toolchain: {rustc}; release profile; tokio multi-thread runtime with 2 workers")
+w("- Figures are criterion medians. Timings are taken inside a runtime task.")
+w("")
+
+# 1. Hot path -------------------------------------------------------------------------------
+w("## 1. Hot path on alive connections")
+w("")
+w(f"Calls over {const['keys']:,} keys of a mock plugin that answers at once, from one caller and "
+  f"from {const['callers']} callers at once. The baseline is upstream genja's lock-based design "
+  "re-implemented in benches/supervisor/baseline.rs: a DashMap of "
+  "`Arc<tokio::sync::Mutex<dyn Connection>>`, factory called inside the map entry, same counters.")
+w("")
+w("| operation | 1 caller | 64 callers (per call) | 64 callers (throughput) | vs baseline, 1 caller | vs baseline, 64 callers |")
+w("| --- | --- | --- | --- | --- | --- |")
+rows = [
+    ("supervisor open_connection", "baseline open_connection"),
+    ("handle execute_command", "baseline execute_command"),
+    ("handle is_alive", None),
+    ("bare ractor call_t (the floor)", None),
+    ("baseline open_connection", None),
+    ("baseline execute_command", None),
+]
+for name, base in rows:
+    one = ns(f"hot_path/{name}/1 caller")
+    many = ns(f"hot_path/{name}/64 callers")
+    if base:
+        r1 = f"{one / ns(f'hot_path/{base}/1 caller'):.1f}× slower"
+        r64 = f"{many / ns(f'hot_path/{base}/64 callers'):.1f}× slower"
+    else:
+        r1 = r64 = ""
+    w(f"| `{name}` | {fmt_time(one)} | {fmt_time(many)} | {fmt_rate(1e9 / many)} | {r1} | {r64} |")
+w("")
+handle1 = ns("hot_path/handle execute_command/1 caller")
+open1 = ns("hot_path/supervisor open_connection/1 caller")
+handle64 = ns("hot_path/handle execute_command/64 callers")
+open64 = ns("hot_path/supervisor open_connection/64 callers")
+w("| target | measured | |")
+w("| --- | --- | --- |")
+w(f"| handle call ≤ 1 µs median, 1 caller | {fmt_time(handle1)} | {verdict(handle1 <= 1e3)} |")
+w(f"| `open_connection` ≤ 2 µs median, 1 caller | {fmt_time(open1)} | {verdict(open1 <= 2e3)} |")
+w(f"| ≥ 1 M ops/s with 64 callers (handle call) | {fmt_rate(1e9 / handle64)} | {verdict(1e9 / handle64 >= 1e6)} |")
+w(f"| ≥ 1 M ops/s with 64 callers (`open_connection`) | {fmt_rate(1e9 / open64)} | {verdict(1e9 / open64 >= 1e6)} |")
+w("")
+
+# 2. SSH fleet ------------------------------------------------------------------------------
+commands = const["fleet_hosts"] * const["fleet_commands"]
+w("## 2. SSH fleet on embedded devices")
+w("")
+w(f"{const['fleet_hosts']} embedded SSH devices (`testing::SshTestServer`, in the same process) "
+  f"× {const['fleet_commands']} commands each (`echo fleet`), at most {const['per_host']} in "
+  "flight per host in every variant. *supervisor*: `ConnectionHandle::execute_command` on "
+  "connections opened beforehand. *raw russh*: one `client::Handle` per host, no actors. "
+  "*connect per command*: connect, authenticate, exec, disconnect for every command (at most "
+  f"{const['connect_limit']} handshakes at once, so it is not slowed by handshake contention).")
+w("")
+w("| variant | time for all commands | commands/s | p50 latency | p90 | p99 |")
+w("| --- | --- | --- | --- | --- | --- |")
+lat = extras.get("fleet_latency_ms", {})
+rates = {}
+for name in ["supervisor", "raw russh", "connect per command"]:
+    t = ns(f"ssh_fleet/{name}")
+    rates[name] = commands / (t / 1e9)
+    l = lat.get(name, {})
+    cell = lambda k: f"{l[k]:.2f} ms" if l.get(k) is not None else "-"
+    w(f"| {name} | {fmt_time(t)} | {rates[name]:,.0f} | {cell('p50')} | {cell('p90')} | {cell('p99')} |")
+w("")
+vs_raw = rates["supervisor"] / rates["raw russh"]
+vs_cpc = rates["supervisor"] / rates["connect per command"]
+w("| target | measured | |")
+w("| --- | --- | --- |")
+w(f"| ≥ 0.95 × raw russh's commands/s | {vs_raw:.2f}× | {verdict(vs_raw >= 0.95)} |")
+w(f"| ≥ 8 × connect-per-command | {vs_cpc:.1f}× | {verdict(vs_cpc >= 8)} |")
+w("")
+if os.path.exists("docs/benchmarks/fleet-latency.svg"):
+    w("Latency of every command in one extra pass of each variant (cumulative, log time axis):")
+    w("")
+    w("![fleet latency distribution](benchmarks/fleet-latency.svg)")
+    w("")
+
+# 3. Fan-out --------------------------------------------------------------------------------
+w(f"## 3. Opening {const['fanout_hosts']:,} hosts at once")
+w("")
+w("Connect, key exchange, strict host-key check against a known_hosts file listing every device, "
+  "password authentication. The supervisor bounds opens in progress (default 32); the raw "
+  "variant starts all of them at once.")
+w("")
+sup = ns("open_fanout/supervisor (32 opens at a time)")
+raw = ns("open_fanout/raw russh (unbounded)")
+w("| variant | time until all are open | opens/s |")
+w("| --- | --- | --- |")
+w(f"| supervisor, 32 opens at a time | {fmt_time(sup)} | {const['fanout_hosts'] / (sup / 1e9):,.0f} |")
+w(f"| raw russh, unbounded | {fmt_time(raw)} | {const['fanout_hosts'] / (raw / 1e9):,.0f} |")
+w("")
+w("| target | measured | |")
+w("| --- | --- | --- |")
+w(f"| ≤ 1.5 s | {fmt_time(sup)} | {verdict(sup <= 1.5e9)} |")
+w(f"| faster than unbounded | {raw / sup:.2f}× as fast | {verdict(sup < raw)} |")
+w("")
+
+# 4. Reconnect ------------------------------------------------------------------------------
+backoff = const["reconnect_backoff_ms"]
+jitter = const["reconnect_jitter"]
+bound_ms = backoff * (1 + jitter) + 200
+t = ns("reconnect/100 hosts dropped at once")
+w(f"## 4. Reconnecting {const['reconnect_hosts']} hosts")
+w("")
+w(f"Every session of {const['reconnect_hosts']} open devices is killed at once (TCP reset, no SSH "
+  "goodbye); timed until the supervisor has reported all of them `Reconnected`. The first "
+  f"backoff step is {backoff:.0f} ms ± {jitter:.0%}.")
+w("")
+w("| measured | target: first backoff step (at most) + 200 ms | |")
+w("| --- | --- | --- |")
+w(f"| {fmt_time(t)} | {bound_ms:.0f} ms | {verdict(t / 1e6 <= bound_ms)} |")
+w("")
+
+# 5. Scale ----------------------------------------------------------------------------------
+scale = extras.get("scale", {})
+n = const["scale"]
+t = ns("scale/100k mock connections created and opened")
+rate = n / (t / 1e9)
+w(f"## 5. Scale: {n:,} mock connections")
+w("")
+w(f"{n:,} keys created and opened through `ConnectionManager::open_connection` from "
+  f"{const['callers']} tasks, each key its own actor. Memory and close time are from one pass "
+  "run first in the process, before anything else could leave freed memory behind.")
+w("")
+per = scale.get("rss_bytes_per_connection")
+close = scale.get("close_all_secs")
+w("| measure | value | target | |")
+w("| --- | --- | --- | --- |")
+w(f"| creations + opens per second | {rate:,.0f} | ≥ 50,000 | {verdict(rate >= 50000)} |")
+if per is not None:
+    w(f"| resident memory per idle connection | {per / 1024:.1f} KiB | ≤ 10 KB | {verdict(per <= 10000)} |")
+first = scale.get("first_pass_create_open_secs")
+if first is not None:
+    w(f"| creations + opens per second, first pass in a fresh process | {n / first:,.0f} | ≥ 50,000 | {verdict(n / first >= 50000)} |")
+if close is not None:
+    w(f"| `close_all_connections` for all of them | {close:.2f} s | | |")
+w("")
+
+if os.path.exists(analysis_path):
+    w(open(analysis_path).read().rstrip())
+    w("")
+
+open(page, "w").write("\n".join(out))
+print(f"bench-report: wrote {page}")
+PY
