@@ -18,7 +18,8 @@
 //! died under it is tried again (it then waits, bounded, for the reconnect).
 //!
 //! The exit code is 0 only when every device ends up open and every command succeeded in the
-//! end; 1 otherwise; 2 for bad flags or a bad inventory file.
+//! end; 1 otherwise; 2 when the job could not run at all (bad flags, a bad inventory file, a
+//! device that would not start), with one line on stderr saying why.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
