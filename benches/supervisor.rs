@@ -37,7 +37,8 @@ use connection_supervisor::{
     Backoff, ConnectionHandle, ConnectionKey, ConnectionManager, ConnectionPolicy, EventKind,
     ResolvedConnectionParams, SupervisorConfig,
 };
-use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, BenchmarkId, Criterion, SamplingMode, Throughput};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::runtime::Runtime;
@@ -118,7 +119,7 @@ impl ractor::Actor for EchoActor {
     }
 }
 
-/// `iters` calls of `call(i)`, from one task or spread over [`CALLERS`] tasks.
+/// `iters` calls of `call(i)`, from one task or spread over `callers` tasks.
 async fn drive<F, Fut>(iters: u64, callers: usize, call: Arc<F>) -> Duration
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
@@ -148,6 +149,23 @@ where
         task.await.expect("caller task");
     }
     start.elapsed()
+}
+
+/// Benchmarks `call` on key `i % KEYS` from `callers` tasks, timed inside the runtime.
+fn bench_calls<F, Fut>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    id: BenchmarkId,
+    rt: &Runtime,
+    callers: usize,
+    call: F,
+) where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let call = Arc::new(call);
+    group.bench_function(id, |b| {
+        b.iter_custom(|iters| in_task(rt, drive(iters, callers, call.clone())))
+    });
 }
 
 fn hot_path(c: &mut Criterion, rt: &Runtime) {
@@ -192,133 +210,90 @@ fn hot_path(c: &mut Criterion, rt: &Runtime) {
         };
         let id = |what: &str| BenchmarkId::new(what, label);
 
-        group.bench_function(id("supervisor open_connection"), |b| {
-            b.iter_custom(|iters| {
-                let (manager, keys, params) = (manager.clone(), keys.clone(), params.clone());
-                in_task(rt, async move {
-                    drive(
-                        iters,
-                        callers,
-                        Arc::new(move |i: usize| {
-                            let (manager, keys, params) =
-                                (manager.clone(), keys.clone(), params.clone());
-                            async move {
-                                let handle = manager
-                                    .open_connection(&keys[i % KEYS], &params)
-                                    .await
-                                    .expect("open_connection");
-                                std::hint::black_box(handle);
-                            }
-                        }),
-                    )
-                    .await
-                })
-            })
-        });
-        group.bench_function(id("handle execute_command"), |b| {
-            b.iter_custom(|iters| {
-                let handles = handles.clone();
-                in_task(rt, async move {
-                    drive(
-                        iters,
-                        callers,
-                        Arc::new(move |i: usize| {
-                            let handles = handles.clone();
-                            async move {
-                                let handle: &ConnectionHandle = &handles[i % KEYS];
-                                let out = handle.execute_command("x").await.expect("command");
-                                std::hint::black_box(out);
-                            }
-                        }),
-                    )
-                    .await
-                })
-            })
-        });
-        group.bench_function(id("handle is_alive"), |b| {
-            b.iter_custom(|iters| {
-                let handles = handles.clone();
-                in_task(rt, async move {
-                    drive(
-                        iters,
-                        callers,
-                        Arc::new(move |i: usize| {
-                            let handles = handles.clone();
-                            async move {
-                                let out = handles[i % KEYS].is_alive().await.expect("is_alive");
-                                std::hint::black_box(out);
-                            }
-                        }),
-                    )
-                    .await
-                })
-            })
-        });
-        group.bench_function(id("bare ractor call_t (the floor)"), |b| {
-            b.iter_custom(|iters| {
-                let echo = echo.clone();
-                in_task(rt, async move {
-                    drive(
-                        iters,
-                        callers,
-                        Arc::new(move |i: usize| {
-                            let echo = echo.clone();
-                            async move {
-                                let out =
-                                    ractor::call_t!(echo, Echo::Ping, 20_000, i).expect("echo");
-                                std::hint::black_box(out);
-                            }
-                        }),
-                    )
-                    .await
-                })
-            })
-        });
-        group.bench_function(id("baseline open_connection"), |b| {
-            b.iter_custom(|iters| {
-                let (baseline, keys, params) = (baseline.clone(), keys.clone(), params.clone());
-                in_task(rt, async move {
-                    drive(
-                        iters,
-                        callers,
-                        Arc::new(move |i: usize| {
-                            let (baseline, keys, params) =
-                                (baseline.clone(), keys.clone(), params.clone());
-                            async move {
-                                let connection = baseline
-                                    .open_connection(&keys[i % KEYS], &params)
-                                    .await
-                                    .expect("open_connection");
-                                std::hint::black_box(connection);
-                            }
-                        }),
-                    )
-                    .await
-                })
-            })
-        });
-        group.bench_function(id("baseline execute_command"), |b| {
-            b.iter_custom(|iters| {
-                let (baseline, keys) = (baseline.clone(), keys.clone());
-                in_task(rt, async move {
-                    drive(
-                        iters,
-                        callers,
-                        Arc::new(move |i: usize| {
-                            let (baseline, keys) = (baseline.clone(), keys.clone());
-                            async move {
-                                let out = baseline
-                                    .execute_command(&keys[i % KEYS], "x")
-                                    .await
-                                    .expect("command");
-                                std::hint::black_box(out);
-                            }
-                        }),
-                    )
-                    .await
-                })
-            })
-        });
+        let (m, k, p) = (manager.clone(), keys.clone(), params.clone());
+        bench_calls(
+            &mut group,
+            id("supervisor open_connection"),
+            rt,
+            callers,
+            move |i: usize| {
+                let (m, k, p) = (m.clone(), k.clone(), p.clone());
+                async move {
+                    let handle = m.open_connection(&k[i % KEYS], &p).await;
+                    std::hint::black_box(handle.expect("open_connection"));
+                }
+            },
+        );
+        let h = handles.clone();
+        bench_calls(
+            &mut group,
+            id("handle execute_command"),
+            rt,
+            callers,
+            move |i: usize| {
+                let h = h.clone();
+                async move {
+                    let out = h[i % KEYS].execute_command("x").await;
+                    std::hint::black_box(out.expect("command"));
+                }
+            },
+        );
+        let h = handles.clone();
+        bench_calls(
+            &mut group,
+            id("handle is_alive"),
+            rt,
+            callers,
+            move |i: usize| {
+                let h = h.clone();
+                async move {
+                    let out = h[i % KEYS].is_alive().await;
+                    std::hint::black_box(out.expect("is_alive"));
+                }
+            },
+        );
+        let e = echo.clone();
+        bench_calls(
+            &mut group,
+            id("bare ractor call_t (the floor)"),
+            rt,
+            callers,
+            move |i: usize| {
+                let e = e.clone();
+                async move {
+                    let out = ractor::call_t!(e, Echo::Ping, 20_000, i);
+                    std::hint::black_box(out.expect("echo"));
+                }
+            },
+        );
+        let (b, k, p) = (baseline.clone(), keys.clone(), params.clone());
+        bench_calls(
+            &mut group,
+            id("baseline open_connection"),
+            rt,
+            callers,
+            move |i: usize| {
+                let (b, k, p) = (b.clone(), k.clone(), p.clone());
+                async move {
+                    let connection = b.open_connection(&k[i % KEYS], &p).await;
+                    std::hint::black_box(connection.expect("open_connection"));
+                }
+            },
+        );
+        let (b, k) = (baseline.clone(), keys.clone());
+        bench_calls(
+            &mut group,
+            id("baseline execute_command"),
+            rt,
+            callers,
+            move |i: usize| {
+                let (b, k) = (b.clone(), k.clone());
+                async move {
+                    let out = b.execute_command(&k[i % KEYS], "x").await;
+                    std::hint::black_box(out.expect("command"));
+                }
+            },
+        );
     }
     group.finish();
     echo.stop(None);
