@@ -255,12 +255,26 @@ impl CommandOutput {
 
 /// Runs commands on an open connection through a shared reference, so several can run at once
 /// (SSH channels multiplexed over one session, for example). A plugin hands one out through
-/// [`Connection::command_runner`]; the connection actor then runs each command on a task of its
-/// own, at most `limit` at a time, and stays free to answer other requests meanwhile.
+/// [`Connection::command_runner`] after each open.
+///
+/// While the connection is open, a [`ConnectionHandle`](crate::ConnectionHandle) runs commands
+/// on the runner directly, on the caller's own task, at most `limit` at a time: no message to
+/// the connection's actor, which stays free for everything else. The actor withdraws the
+/// runner the moment the session is lost or closed; commands then wait for the reconnect like
+/// any other request.
 #[async_trait]
 pub trait CommandRunner: Send + Sync {
-    /// Runs one command.
+    /// Runs one command. Report a session that ended under the command as
+    /// [`CommandError::ConnectionLost`], so the connection's actor checks it at once.
     async fn run(&self, command: &str) -> Result<CommandOutput, CommandError>;
+
+    /// Whether the session is still up, checked before each command; must be cheap and must
+    /// not block. When it says no, the command goes through the connection's actor, which
+    /// notices the loss and holds the command until the reconnect instead of failing it. The
+    /// default says yes.
+    fn is_alive(&self) -> bool {
+        true
+    }
 }
 
 /// A connection to one host, as a plugin implements it.

@@ -22,7 +22,7 @@ use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use futures::FutureExt;
@@ -169,6 +169,8 @@ pub(crate) struct Activity {
     epoch: Instant,
     last_used_ms: AtomicU64,
     busy: AtomicBool,
+    /// Commands running on the plugin's runner, outside the actor's handler.
+    commands: AtomicUsize,
 }
 
 impl Activity {
@@ -177,6 +179,7 @@ impl Activity {
             epoch,
             last_used_ms: AtomicU64::new(0),
             busy: AtomicBool::new(false),
+            commands: AtomicUsize::new(0),
         };
         activity.touch();
         activity
@@ -197,7 +200,23 @@ impl Activity {
     }
 
     pub(crate) fn is_busy(&self) -> bool {
-        self.busy.load(Ordering::Relaxed)
+        self.busy.load(Ordering::Relaxed) || self.commands.load(Ordering::Relaxed) > 0
+    }
+
+    /// Marks a command running until the guard drops.
+    fn command(&self) -> CommandInFlight<'_> {
+        self.touch();
+        self.commands.fetch_add(1, Ordering::Relaxed);
+        CommandInFlight(self)
+    }
+}
+
+struct CommandInFlight<'a>(&'a Activity);
+
+impl Drop for CommandInFlight<'_> {
+    fn drop(&mut self) {
+        self.0.commands.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
     }
 }
 
@@ -215,6 +234,8 @@ pub struct ConnectionArgs {
     pub(crate) open_slots: Arc<Semaphore>,
     pub(crate) events: EventBus,
     pub(crate) status: watch::Sender<ConnectionStatus>,
+    /// Where the connection's direct route for commands is published to its handles.
+    pub(crate) route: watch::Sender<Option<DirectRoute>>,
     pub(crate) activity: Arc<Activity>,
     /// Set on a restart of a connection that was open: reopen with these at once.
     pub(crate) reopen_with: Option<ResolvedConnectionParams>,
@@ -244,6 +265,25 @@ enum CommandReply {
 }
 
 impl CommandReply {
+    /// Sends the command to `actor` again, as the request it came in as.
+    fn resend(self, actor: &ActorRef<ConnectionMessage>, command: String, timeout: Duration) {
+        let timeout = Some(timeout);
+        let message = match self {
+            Self::Stdout(reply) => ConnectionMessage::ExecuteCommand {
+                command,
+                timeout,
+                reply,
+            },
+            Self::Output(reply) => ConnectionMessage::RunCommand {
+                command,
+                timeout,
+                reply,
+            },
+        };
+        // An actor that is gone drops the reply port, which its caller sees as `Closed`.
+        let _ = actor.send_message(message);
+    }
+
     fn is_closed(&self) -> bool {
         match self {
             Self::Stdout(reply) => reply.is_closed(),
@@ -295,8 +335,108 @@ impl Request {
     }
 }
 
-/// A plugin's concurrent command runner, with the slots that bound it.
-type Runner = (Arc<dyn CommandRunner>, Arc<Semaphore>);
+/// A plugin's concurrent command runner while its session is up, with what bounds and reports
+/// the commands run on it.
+///
+/// The actor publishes it to the connection's handles, which run commands on it directly, on
+/// the caller's own task: no message to the actor and no task per command, so a command costs
+/// what the plugin's runner costs plus a slot, a timeout and a panic guard. The actor stays
+/// the one that changes state: a command that finds the session lost or sees its plugin panic
+/// tells the actor, which moves the state. The route is withdrawn, and its slots closed, the
+/// moment the session is lost or the connection closes.
+#[derive(Clone)]
+pub(crate) struct DirectRoute {
+    runner: Arc<dyn CommandRunner>,
+    /// At most the plugin's limit of commands at once.
+    slots: Arc<Semaphore>,
+    activity: Arc<Activity>,
+    actor: ActorRef<ConnectionMessage>,
+}
+
+/// How a command sent down a [`DirectRoute`] ended.
+pub(crate) enum Direct {
+    /// It ran, well or not.
+    Ran(Result<CommandOutput, Error>),
+    /// The route was withdrawn before the command got a slot: it never reached the plugin, so
+    /// it can safely go to the actor instead (which parks it during a reconnect).
+    NotStarted,
+}
+
+impl DirectRoute {
+    /// Whether a command sent now would reach a live session.
+    pub(crate) fn is_usable(&self) -> bool {
+        !self.slots.is_closed() && matches!(sync_guarded(|| self.runner.is_alive()), Ok(true))
+    }
+
+    /// Runs one command within `bound` (waiting for a slot included).
+    pub(crate) async fn run(&self, key: &ConnectionKey, command: &str, bound: Duration) -> Direct {
+        let _in_flight = self.activity.command();
+        let run = async {
+            let Ok(_slot) = self.slots.acquire().await else {
+                return None;
+            };
+            Some(self.runner.run(command).await)
+        };
+        let result = match guarded(bound, run).await {
+            Outcome::Done(None) => return Direct::NotStarted,
+            Outcome::Done(Some(Ok(output))) => Ok(output),
+            Outcome::Done(Some(Err(source))) => {
+                if matches!(source, CommandError::ConnectionLost(_)) {
+                    self.tell(TickKind::CheckAlive);
+                }
+                Err(Error::Command {
+                    key: key.clone(),
+                    source,
+                })
+            }
+            Outcome::TimedOut(after) => Err(Error::Timeout {
+                operation: "execute_command",
+                target: key.to_string(),
+                after,
+            }),
+            Outcome::Panicked(message) => {
+                let error = Error::PluginPanicked {
+                    key: key.clone(),
+                    operation: "execute_command",
+                    message,
+                };
+                self.tell(TickKind::CommandPanicked {
+                    error: error.clone(),
+                });
+                Err(error)
+            }
+        };
+        Direct::Ran(result)
+    }
+
+    fn tell(&self, tick: TickKind) {
+        let _ = self.actor.cast(ConnectionMessage::Internal(Tick(tick)));
+    }
+}
+
+/// Where the actor publishes its [`DirectRoute`]. Withdraws it when dropped, so a route never
+/// outlives its actor, however the actor ends.
+struct RoutePublisher {
+    current: Option<DirectRoute>,
+    tx: watch::Sender<Option<DirectRoute>>,
+}
+
+impl RoutePublisher {
+    fn set(&mut self, route: Option<DirectRoute>) {
+        if let Some(old) = self.current.take() {
+            // Commands still waiting for a slot of the old session go to the actor instead.
+            old.slots.close();
+        }
+        self.current = route.clone();
+        self.tx.send_replace(route);
+    }
+}
+
+impl Drop for RoutePublisher {
+    fn drop(&mut self) {
+        self.set(None);
+    }
+}
 
 /// The actor's timers; aborted when the state is dropped, however the actor ends, so no timer
 /// outlives its connection.
@@ -363,8 +503,9 @@ pub struct ConnectionActorState {
     timers: Timers,
     random: RandomState,
     /// The plugin's concurrent command runner while open, if it has one.
-    runner: Option<Runner>,
-    /// Commands running on the runner; aborted on close so none outlives the connection.
+    route: RoutePublisher,
+    /// Commands the actor itself started on the runner (replayed after a reconnect); aborted
+    /// on close so none outlives the connection.
     commands: JoinSet<()>,
     span: tracing::Span,
 }
@@ -429,7 +570,10 @@ impl Actor for ConnectionActor {
             parked: VecDeque::new(),
             timers: Timers::default(),
             random: RandomState::new(),
-            runner: None,
+            route: RoutePublisher {
+                current: None,
+                tx: args.route,
+            },
             commands: JoinSet::new(),
             span,
         };
@@ -604,14 +748,17 @@ impl ConnectionActorState {
                 self.timers.idle = None;
                 if let Some(limit) = self.policy.idle_timeout {
                     let idle = self.activity.idle_for();
-                    if idle >= limit && self.parked.is_empty() {
+                    if self.activity.is_busy() || !self.parked.is_empty() {
+                        // A command still running is use, however long ago it started.
+                        self.schedule_idle_check(Some(limit));
+                    } else if idle >= limit {
                         self.report(ReportKind::Expired {
                             key: self.key.clone(),
                             actor: self.id,
                             reason: CloseReason::Idle,
                         });
                     } else {
-                        self.schedule_idle_check(Some(limit.saturating_sub(idle)));
+                        self.schedule_idle_check(Some(limit - idle));
                     }
                 }
             }
@@ -665,8 +812,8 @@ impl ConnectionActorState {
                 reply,
             } => {
                 let bound = timeout.unwrap_or(self.policy.timeouts.request);
-                if let Some(runner) = self.runner.clone() {
-                    self.spawn_command(runner, command, bound, reply);
+                if let Some(route) = self.route.current.clone() {
+                    self.spawn_command(route, command, bound, reply);
                     return Ok(());
                 }
                 let result = match guarded(bound, self.connection.execute_command(&command)).await {
@@ -708,55 +855,24 @@ impl ConnectionActorState {
         }
     }
 
-    /// Runs a command on the plugin's concurrent runner, on a task of its own, so the actor is
-    /// free for the next request. At most the plugin's limit run at once (the rest wait for a
-    /// slot within their own bound); the tasks are aborted when the connection closes.
+    /// Runs a command that came to the actor (sent to it directly, or parked during a
+    /// reconnect) on the plugin's concurrent runner, on a task of its own, so the actor is free
+    /// for the next request. The tasks are aborted when the connection closes.
     fn spawn_command(
         &mut self,
-        (runner, slots): Runner,
+        route: DirectRoute,
         command: String,
         bound: Duration,
         reply: CommandReply,
     ) {
         while self.commands.try_join_next().is_some() {}
         let key = self.key.clone();
-        let myself = self.myself.clone();
         self.commands.spawn(async move {
-            let run = async {
-                let _slot = slots.acquire_owned().await.ok();
-                runner.run(&command).await
-            };
-            let result = match guarded(bound, run).await {
-                Outcome::Done(Ok(output)) => Ok(output),
-                Outcome::Done(Err(source)) => {
-                    if matches!(source, CommandError::ConnectionLost(_)) {
-                        let tick = Tick(TickKind::CheckAlive);
-                        let _ = myself.cast(ConnectionMessage::Internal(tick));
-                    }
-                    Err(Error::Command {
-                        key: key.clone(),
-                        source,
-                    })
-                }
-                Outcome::TimedOut(after) => Err(Error::Timeout {
-                    operation: "execute_command",
-                    target: key.to_string(),
-                    after,
-                }),
-                Outcome::Panicked(message) => {
-                    let error = Error::PluginPanicked {
-                        key: key.clone(),
-                        operation: "execute_command",
-                        message,
-                    };
-                    let tick = TickKind::CommandPanicked {
-                        error: error.clone(),
-                    };
-                    let _ = myself.cast(ConnectionMessage::Internal(Tick(tick)));
-                    Err(error)
-                }
-            };
-            reply.send(&key, result);
+            match route.run(&key, &command, bound).await {
+                Direct::Ran(result) => reply.send(&key, result),
+                // Lost before it started: back to the actor, which parks it for the reconnect.
+                Direct::NotStarted => reply.resend(&route.actor, command, bound),
+            }
         });
     }
 
@@ -874,14 +990,20 @@ impl ConnectionActorState {
     }
 
     fn opened(&mut self, reconnect: bool) {
-        self.runner = match sync_guarded(|| self.connection.command_runner()) {
-            Ok(Some((runner, limit))) => Some((runner, Arc::new(Semaphore::new(limit.max(1))))),
+        let route = match sync_guarded(|| self.connection.command_runner()) {
+            Ok(Some((runner, limit))) => Some(DirectRoute {
+                runner,
+                slots: Arc::new(Semaphore::new(limit.max(1))),
+                activity: self.activity.clone(),
+                actor: self.myself.clone(),
+            }),
             Ok(None) => None,
             Err(message) => {
                 warn!(%message, "plugin panicked in command_runner; running commands one at a time");
                 None
             }
         };
+        self.route.set(route);
         let attempts = self.status.attempts + 1;
         self.status.attempts = 0;
         self.status.next_attempt_at = None;
@@ -921,7 +1043,7 @@ impl ConnectionActorState {
         info!(%reason, "connection lost");
         self.session += 1;
         Timers::cancel(&mut self.timers.health);
-        self.runner = None;
+        self.route.set(None);
         self.enter(
             ConnectionState::Lost,
             Some(EventKind::Lost {
@@ -1115,7 +1237,7 @@ impl ConnectionActorState {
             return;
         }
         self.timers.cancel_all();
-        self.runner = None;
+        self.route.set(None);
         self.commands.abort_all();
         let closed = Error::Closed {
             key: self.key.clone(),

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use ractor::{ActorRef, Message, RpcReplyPort};
@@ -19,7 +19,7 @@ use crate::config::{SupervisorConfig, Timeouts};
 use crate::connection::{
     CommandOutput, Connection, ConnectionFactory, ConnectionKey, ResolvedConnectionParams,
 };
-use crate::connection_actor::{ConnectionMessage, WithJob};
+use crate::connection_actor::{ConnectionMessage, Direct, DirectRoute, WithJob};
 use crate::error::Error;
 use crate::events::{ConnectionEvent, ConnectionStatus, EventStream, forward_to_actor};
 use crate::supervisor::{ConnectionSupervisor, SupervisorMessage};
@@ -365,6 +365,8 @@ pub struct ConnectionHandle {
     supervisor: ActorRef<SupervisorMessage>,
     timeouts: Timeouts,
     status: watch::Receiver<ConnectionStatus>,
+    /// Published by the actor while commands can skip it (see [`DirectRoute`]).
+    route: watch::Receiver<Option<DirectRoute>>,
 }
 
 impl fmt::Debug for ConnectionHandle {
@@ -385,6 +387,7 @@ impl ConnectionHandle {
         supervisor: ActorRef<SupervisorMessage>,
         timeouts: Timeouts,
         status: watch::Receiver<ConnectionStatus>,
+        route: watch::Receiver<Option<DirectRoute>>,
     ) -> Self {
         Self {
             key: Arc::new(key),
@@ -393,6 +396,7 @@ impl ConnectionHandle {
             supervisor,
             timeouts,
             status,
+            route,
         }
     }
 
@@ -485,6 +489,16 @@ impl ConnectionHandle {
         command: &str,
         timeout: Duration,
     ) -> Result<String, Error> {
+        let started = Instant::now();
+        if let Some(result) = self.run_direct(command, timeout).await {
+            return result.and_then(|output| {
+                output.into_result().map_err(|source| Error::Command {
+                    key: ConnectionKey::clone(&self.key),
+                    source,
+                })
+            });
+        }
+        let timeout = timeout.saturating_sub(started.elapsed());
         self.ask(
             |reply| ConnectionMessage::ExecuteCommand {
                 command: command.to_owned(),
@@ -510,6 +524,11 @@ impl ConnectionHandle {
         command: &str,
         timeout: Duration,
     ) -> Result<CommandOutput, Error> {
+        let started = Instant::now();
+        if let Some(result) = self.run_direct(command, timeout).await {
+            return result;
+        }
+        let timeout = timeout.saturating_sub(started.elapsed());
         self.ask(
             |reply| ConnectionMessage::RunCommand {
                 command: command.to_owned(),
@@ -563,6 +582,24 @@ impl ConnectionHandle {
             Delivery::Gone(_) => return Err(self.closed()),
         }
         result_rx.await.map_err(|_| self.closed())
+    }
+
+    /// Runs `command` on the plugin's concurrent runner without messaging the actor, when the
+    /// actor has published one and its session is up; `None` when the command must go through
+    /// the actor instead (not open, reconnecting, closed, or a plugin without a runner).
+    async fn run_direct(
+        &self,
+        command: &str,
+        timeout: Duration,
+    ) -> Option<Result<CommandOutput, Error>> {
+        let route = self.route.borrow().clone()?;
+        if !route.is_usable() {
+            return None;
+        }
+        match route.run(&self.key, command, timeout).await {
+            Direct::Ran(result) => Some(result),
+            Direct::NotStarted => None,
+        }
     }
 
     /// Sends a request to this connection's actor; if that actor is gone because it crashed,

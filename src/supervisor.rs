@@ -696,6 +696,7 @@ impl SupervisorState {
         let timeouts = policy.timeouts;
         let (status_tx, status_rx) =
             watch::channel(ConnectionStatus::new(ConnectionState::Created));
+        let (route_tx, route_rx) = watch::channel(None);
         let activity = Arc::new(Activity::new(self.epoch));
         let args = ConnectionArgs {
             key: key.clone(),
@@ -705,6 +706,7 @@ impl SupervisorState {
             open_slots: self.open_slots.clone(),
             events: self.events.clone(),
             status: status_tx,
+            route: route_tx,
             activity: activity.clone(),
             reopen_with: reopen_with.clone(),
         };
@@ -731,6 +733,7 @@ impl SupervisorState {
             self.myself.clone(),
             timeouts,
             status_rx,
+            route_rx,
         );
         answer_all(waiters, || Ok(Some(handle.clone())));
         self.children.insert(handle.actor().get_id(), key.clone());

@@ -78,6 +78,10 @@ async fn chaos_keeps_every_promise() {
             quarantine: Duration::from_millis(500),
         });
     let manager = ConnectionManager::spawn(config).await.unwrap();
+    // Half the hosts run commands concurrently, straight from their handles, as SSH does.
+    for i in (0..KEYS).step_by(2) {
+        plugin.concurrent_commands(&host(i), Some(4));
+    }
 
     // The longest any single call may take by its documented bounds: a request's own bound
     // (timeout + request), a re-resolve through the supervisor (open + request) and the
@@ -226,10 +230,13 @@ async fn chaos_keeps_every_promise() {
     );
     assert_eq!(get(&ledger.closed_twice), 0, "closed twice");
     assert_eq!(get(&ledger.dropped_unclosed), 0, "dropped without close");
-    assert_eq!(
+    // A panic is one crash, except that commands running concurrently on one instance may
+    // panic together, or panic while it is already closing: that instance still ends once.
+    assert!(
+        counters.crashes <= get(&ledger.panics) && counters.crashes > 0,
+        "crashes {} for {} panics",
         counters.crashes,
-        get(&ledger.panics),
-        "every panic is one crash"
+        get(&ledger.panics)
     );
     assert!(
         counters.restarts + counters.quarantines <= counters.crashes,

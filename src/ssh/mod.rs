@@ -285,20 +285,28 @@ impl Connection for SshConnection {
     }
 
     fn command_runner(&self) -> Option<(Arc<dyn CommandRunner>, usize)> {
-        let session = self.session.clone()?;
-        Some((Arc::new(SshRunner { session }), self.options.max_channels))
+        let runner = SshRunner {
+            session: self.session.clone()?,
+            alive: self.alive.clone(),
+        };
+        Some((Arc::new(runner), self.options.max_channels))
     }
 }
 
 /// Runs commands as parallel channels over one session.
 struct SshRunner {
     session: Arc<Session>,
+    alive: Arc<AtomicBool>,
 }
 
 #[async_trait]
 impl CommandRunner for SshRunner {
     async fn run(&self, command: &str) -> Result<CommandOutput, CommandError> {
         run_on(&self.session, command).await
+    }
+
+    fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::SeqCst) && !self.session.is_closed()
     }
 }
 

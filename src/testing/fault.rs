@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use crate::connection::{
-    CommandError, Connection, ConnectionFactory, ConnectionKey, FailureKind, LossNotifier,
-    OpenError, ResolvedConnectionParams,
+    CommandError, CommandOutput, CommandRunner, Connection, ConnectionFactory, ConnectionKey,
+    FailureKind, LossNotifier, OpenError, ResolvedConnectionParams,
 };
 
 /// What the fault plugin's connections really did, counted by the connections themselves.
@@ -42,6 +42,10 @@ pub struct FaultLedger {
     pub opens_in_flight: AtomicUsize,
     /// The most opens that ran at once.
     pub max_opens_in_flight: AtomicUsize,
+    /// Commands running right now, on every connection.
+    pub commands_in_flight: AtomicUsize,
+    /// The most commands that ran at once.
+    pub max_commands_in_flight: AtomicUsize,
 }
 
 impl FaultLedger {
@@ -65,6 +69,8 @@ struct HostScript {
     lose_after_commands: Option<usize>,
     /// Live sessions, so the test can drop them from outside.
     sessions: Vec<Session>,
+    /// Commands run concurrently through a [`CommandRunner`], at most this many at once.
+    concurrent_commands: Option<usize>,
 }
 
 #[derive(Clone, Debug)]
@@ -134,7 +140,7 @@ impl FaultPlugin {
                     shared: shared.clone(),
                     session: None,
                     closed: false,
-                    commands: 0,
+                    commands: Arc::new(AtomicUsize::new(0)),
                 }) as Box<dyn Connection>
             })
         })
@@ -193,6 +199,14 @@ impl FaultPlugin {
             .with_host(host, |script| script.panic_every_command = panic);
     }
 
+    /// Connections of `host` opened from now on run commands through a [`CommandRunner`], at
+    /// most `limit` at once, the way the SSH plugin runs channels; `None` (the default) runs
+    /// them one at a time through the connection's `execute_command`.
+    pub fn concurrent_commands(&self, host: &str, limit: Option<usize>) {
+        self.shared
+            .with_host(host, |script| script.concurrent_commands = limit);
+    }
+
     /// The session of `host` ends after `count` more successful commands, reported to the
     /// supervisor the way a real plugin reports an EOF.
     pub fn lose_after_commands(&self, host: &str, count: usize) {
@@ -239,13 +253,13 @@ pub struct FaultConnection {
     shared: Arc<Shared>,
     session: Option<Session>,
     closed: bool,
-    commands: usize,
+    commands: Arc<AtomicUsize>,
 }
 
 impl FaultConnection {
     /// Commands this instance completed.
     pub fn commands(&self) -> usize {
-        self.commands
+        self.commands.load(Ordering::SeqCst)
     }
 
     fn alive(&self) -> bool {
@@ -255,21 +269,21 @@ impl FaultConnection {
     }
 }
 
-/// Counts an open in flight for as long as it lives, however the open ends (even dropped by a
-/// timeout).
-struct InFlight<'a>(&'a FaultLedger);
+/// Counts an open or a command in flight for as long as it lives, however it ends (even
+/// dropped by a timeout), and keeps the most seen at once.
+struct InFlight<'a>(&'a AtomicUsize);
 
 impl<'a> InFlight<'a> {
-    fn new(ledger: &'a FaultLedger) -> Self {
-        let now = ledger.opens_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-        ledger.max_opens_in_flight.fetch_max(now, Ordering::SeqCst);
-        Self(ledger)
+    fn new(now: &'a AtomicUsize, max: &AtomicUsize) -> Self {
+        let count = now.fetch_add(1, Ordering::SeqCst) + 1;
+        max.fetch_max(count, Ordering::SeqCst);
+        Self(now)
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.opens_in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -291,7 +305,7 @@ impl Connection for FaultConnection {
     async fn open(&mut self, _params: &ResolvedConnectionParams) -> Result<(), OpenError> {
         let ledger = self.shared.ledger.clone();
         ledger.open_attempts.fetch_add(1, Ordering::SeqCst);
-        let _in_flight = InFlight::new(&ledger);
+        let _in_flight = InFlight::new(&ledger.opens_in_flight, &ledger.max_opens_in_flight);
         let (delay, hang, failure) = self.shared.with_host(&self.host, |script| {
             let failure = match &mut script.fail_opens {
                 Some((kind, None)) => Some(*kind),
@@ -336,7 +350,8 @@ impl Connection for FaultConnection {
         self.closed = true;
         ledger.closed.fetch_add(1, Ordering::SeqCst);
         if let Some(session) = self.session.take() {
-            session.alive.store(false, Ordering::SeqCst);
+            // Like a real disconnect, closing ends commands still running on the session.
+            end_session(&session, false, "closed");
             self.shared.with_host(&self.host, |script| {
                 script
                     .sessions
@@ -352,65 +367,110 @@ impl Connection for FaultConnection {
     }
 
     async fn execute_command(&mut self, command: &str) -> Result<String, CommandError> {
-        let ledger = self.shared.ledger.clone();
-        let Some(session) = self
-            .session
-            .clone()
-            .filter(|s| s.alive.load(Ordering::SeqCst))
-        else {
-            return Err(CommandError::ConnectionLost("not open".into()));
-        };
-        ledger.commands_started.fetch_add(1, Ordering::SeqCst);
-        let panic_now = self.shared.with_host(&self.host, |script| {
-            let now = script.panic_next_command || script.panic_every_command;
-            script.panic_next_command = false;
-            now
-        });
-        if panic_now {
-            ledger.panics.fetch_add(1, Ordering::SeqCst);
-            panic!("scripted panic in a command on {}", self.host);
-        }
-        let output = if let Some(ms) = command.strip_prefix("sleep ") {
-            let ms = ms.trim().parse::<u64>().map_err(|e| e.to_string())?;
-            let dropped = session.dropped.notified();
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(ms)) => String::new(),
-                _ = dropped => {
-                    return Err(CommandError::ConnectionLost("session dropped mid-command".into()));
-                }
-            }
-        } else if let Some(text) = command.strip_prefix("echo ") {
-            text.to_owned()
-        } else {
-            format!("ok: {command}")
-        };
-        if !session.alive.load(Ordering::SeqCst) {
-            return Err(CommandError::ConnectionLost(
-                "session dropped mid-command".into(),
-            ));
-        }
-        self.commands += 1;
-        ledger.commands_ok.fetch_add(1, Ordering::SeqCst);
-        let lose_now =
-            self.shared
-                .with_host(&self.host, |script| match &mut script.lose_after_commands {
-                    Some(0) | None => false,
-                    Some(remaining) => {
-                        *remaining -= 1;
-                        *remaining == 0
-                    }
-                });
-        if lose_now {
-            self.shared.with_host(&self.host, |script| {
-                script.lose_after_commands = None;
-                script
-                    .sessions
-                    .retain(|live| !Arc::ptr_eq(&live.alive, &session.alive));
-            });
-            end_session(&session, true, "scripted loss after commands");
-        }
-        Ok(output)
+        let session = self.session.clone();
+        run_command(&self.shared, &self.host, session, &self.commands, command).await
     }
+
+    fn command_runner(&self) -> Option<(Arc<dyn CommandRunner>, usize)> {
+        let limit = self
+            .shared
+            .with_host(&self.host, |script| script.concurrent_commands)?;
+        let runner = FaultRunner {
+            shared: self.shared.clone(),
+            host: self.host.clone(),
+            session: self.session.clone()?,
+            commands: self.commands.clone(),
+        };
+        Some((Arc::new(runner), limit))
+    }
+}
+
+/// The fault plugin's commands run concurrently on one session.
+struct FaultRunner {
+    shared: Arc<Shared>,
+    host: String,
+    session: Session,
+    commands: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl CommandRunner for FaultRunner {
+    async fn run(&self, command: &str) -> Result<CommandOutput, CommandError> {
+        let session = Some(self.session.clone());
+        let stdout =
+            run_command(&self.shared, &self.host, session, &self.commands, command).await?;
+        Ok(CommandOutput {
+            stdout,
+            ..CommandOutput::default()
+        })
+    }
+
+    fn is_alive(&self) -> bool {
+        self.session.alive.load(Ordering::SeqCst)
+    }
+}
+
+/// One command of the script language (see [`FaultPlugin`]), on `session`.
+async fn run_command(
+    shared: &Shared,
+    host: &str,
+    session: Option<Session>,
+    completed: &AtomicUsize,
+    command: &str,
+) -> Result<String, CommandError> {
+    let ledger = &shared.ledger;
+    let Some(session) = session.filter(|s| s.alive.load(Ordering::SeqCst)) else {
+        return Err(CommandError::ConnectionLost("not open".into()));
+    };
+    ledger.commands_started.fetch_add(1, Ordering::SeqCst);
+    let _in_flight = InFlight::new(&ledger.commands_in_flight, &ledger.max_commands_in_flight);
+    let panic_now = shared.with_host(host, |script| {
+        let now = script.panic_next_command || script.panic_every_command;
+        script.panic_next_command = false;
+        now
+    });
+    if panic_now {
+        ledger.panics.fetch_add(1, Ordering::SeqCst);
+        panic!("scripted panic in a command on {host}");
+    }
+    let output = if let Some(ms) = command.strip_prefix("sleep ") {
+        let ms = ms.trim().parse::<u64>().map_err(|e| e.to_string())?;
+        let dropped = session.dropped.notified();
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(ms)) => String::new(),
+            _ = dropped => {
+                return Err(CommandError::ConnectionLost("session dropped mid-command".into()));
+            }
+        }
+    } else if let Some(text) = command.strip_prefix("echo ") {
+        text.to_owned()
+    } else {
+        format!("ok: {command}")
+    };
+    if !session.alive.load(Ordering::SeqCst) {
+        return Err(CommandError::ConnectionLost(
+            "session dropped mid-command".into(),
+        ));
+    }
+    completed.fetch_add(1, Ordering::SeqCst);
+    ledger.commands_ok.fetch_add(1, Ordering::SeqCst);
+    let lose_now = shared.with_host(host, |script| match &mut script.lose_after_commands {
+        Some(0) | None => false,
+        Some(remaining) => {
+            *remaining -= 1;
+            *remaining == 0
+        }
+    });
+    if lose_now {
+        shared.with_host(host, |script| {
+            script.lose_after_commands = None;
+            script
+                .sessions
+                .retain(|live| !Arc::ptr_eq(&live.alive, &session.alive));
+        });
+        end_session(&session, true, "scripted loss after commands");
+    }
+    Ok(output)
 }
 
 impl Drop for FaultConnection {
