@@ -42,8 +42,9 @@ use crate::error::Error;
 use crate::events::{
     CloseReason, ConnectionState, ConnectionStatus, EventBus, EventKind, FailureInfo,
 };
+use crate::manager::ConnectionHandle;
 use crate::panic_message;
-use crate::supervisor::{Report, ReportKind, SupervisorMessage};
+use crate::supervisor::{GetOrCreateReply, Report, ReportKind, SupervisorMessage};
 
 /// Everything a connection actor can be asked. A [`ConnectionHandle`](crate::ConnectionHandle)
 /// sends these directly, without going through the supervisor.
@@ -102,8 +103,21 @@ pub enum ConnectionMessage {
         /// Answered when the plugin's `close` returned or timed out.
         reply: Option<RpcReplyPort<()>>,
     },
+    /// An open the supervisor routed here for
+    /// [`SupervisorMessage::OpenConnection`]: handled like `Open`, answered with the handle.
+    /// Only this crate can make one.
+    Routed(Box<RoutedOpen>),
     /// The actor's own timers and its plugin's loss reports. Only this crate can make one.
     Internal(Tick),
+}
+
+/// An open request the supervisor forwarded with its caller's reply port, so the caller gets
+/// the handle and the open's outcome in one answer without the supervisor waiting for the
+/// open.
+pub struct RoutedOpen {
+    pub(crate) params: ResolvedConnectionParams,
+    pub(crate) handle: ConnectionHandle,
+    pub(crate) reply: RpcReplyPort<GetOrCreateReply>,
 }
 
 /// A timer or loss report for a connection actor.
@@ -244,7 +258,7 @@ pub struct ConnectionArgs {
 /// A request that runs on the plugin, and can therefore be parked while reconnecting.
 enum Request {
     Open {
-        reply: RpcReplyPort<Result<(), Error>>,
+        reply: OpenReply,
     },
     Command {
         command: String,
@@ -255,6 +269,33 @@ enum Request {
         job: WithJob,
         reply: RpcReplyPort<Result<(), Error>>,
     },
+}
+
+/// Where an open's answer goes: the caller of `Open`, or (routed by the supervisor) the caller
+/// of `OpenConnection`, who also gets the handle.
+enum OpenReply {
+    Done(RpcReplyPort<Result<(), Error>>),
+    Handle(Box<ConnectionHandle>, RpcReplyPort<GetOrCreateReply>),
+}
+
+impl OpenReply {
+    fn is_closed(&self) -> bool {
+        match self {
+            Self::Done(reply) => reply.is_closed(),
+            Self::Handle(_, reply) => reply.is_closed(),
+        }
+    }
+
+    fn send(self, result: Result<(), Error>) {
+        match self {
+            Self::Done(reply) => {
+                let _ = reply.send(result);
+            }
+            Self::Handle(handle, reply) => {
+                let _ = reply.send(result.map(|()| Some(*handle)));
+            }
+        }
+    }
 }
 
 /// Where a command's answer goes: just its output (failing on a non-zero exit status), or the
@@ -312,7 +353,8 @@ impl CommandReply {
 impl Request {
     fn caller_gone(&self) -> bool {
         match self {
-            Self::Open { reply } | Self::With { reply, .. } => reply.is_closed(),
+            Self::Open { reply } => reply.is_closed(),
+            Self::With { reply, .. } => reply.is_closed(),
             Self::Command { reply, .. } => reply.is_closed(),
         }
     }
@@ -327,7 +369,8 @@ impl Request {
 
     fn fail(self, key: &ConnectionKey, error: Error) {
         match self {
-            Self::Open { reply } | Self::With { reply, .. } => {
+            Self::Open { reply } => reply.send(Err(error)),
+            Self::With { reply, .. } => {
                 let _ = reply.send(Err(error));
             }
             Self::Command { reply, .. } => reply.send(key, Err(error)),
@@ -525,6 +568,14 @@ async fn guarded<T>(bound: Duration, call: impl Future<Output = T>) -> Outcome<T
     }
 }
 
+/// The error to crash with, if the plugin panicked.
+fn panic_in<T>(result: &Result<T, Error>) -> Option<Error> {
+    match result {
+        Err(error @ Error::PluginPanicked { .. }) => Some(error.clone()),
+        _ => None,
+    }
+}
+
 fn sync_guarded<T>(call: impl FnOnce() -> T) -> Result<T, String> {
     std::panic::catch_unwind(AssertUnwindSafe(call)).map_err(|p| panic_message(p.as_ref()))
 }
@@ -638,16 +689,15 @@ impl ConnectionActorState {
                 params,
                 timeout,
                 reply,
-            } => {
-                if self.reconnecting() {
-                    // Someone else's reconnect is already under way: wait for it rather than
-                    // adding an attempt (no retry storms from many callers).
-                    let deadline = Instant::now() + self.policy.timeouts.open;
-                    self.park(deadline, Request::Open { reply });
-                    return Ok(());
-                }
-                let result = self.open_requested(params, timeout).await;
-                self.answer(reply, result).await
+            } => self.open(params, timeout, OpenReply::Done(reply)).await,
+            ConnectionMessage::Routed(routed) => {
+                let RoutedOpen {
+                    params,
+                    handle,
+                    reply,
+                } = *routed;
+                let reply = OpenReply::Handle(Box::new(handle), reply);
+                self.open(params, None, reply).await
             }
             ConnectionMessage::IsAlive { reply } => {
                 let result = self.alive_now();
@@ -803,7 +853,7 @@ impl ConnectionActorState {
         }
         match request {
             Request::Open { reply } => {
-                let _ = reply.send(Ok(()));
+                reply.send(Ok(()));
                 Ok(())
             }
             Request::Command {
@@ -837,10 +887,7 @@ impl ConnectionActorState {
                     Outcome::Panicked(message) => Err(self.panicked("execute_command", message)),
                 };
                 self.notice_loss_after_request();
-                let crash = match &result {
-                    Err(error @ Error::PluginPanicked { .. }) => Some(error.clone()),
-                    _ => None,
-                };
+                let crash = panic_in(&result);
                 reply.send(&self.key, result);
                 match crash {
                     Some(error) => self.crash(error).await,
@@ -893,13 +940,12 @@ impl ConnectionActorState {
         reply: RpcReplyPort<Result<T, Error>>,
         result: Result<T, Error>,
     ) -> Result<(), ActorProcessingErr> {
-        if let Err(error @ Error::PluginPanicked { .. }) = &result {
-            let error = error.clone();
-            let _ = reply.send(result);
-            return self.crash(error).await;
-        }
+        let crash = panic_in(&result);
         let _ = reply.send(result);
-        Ok(())
+        match crash {
+            Some(error) => self.crash(error).await,
+            None => Ok(()),
+        }
     }
 
     async fn crash(&mut self, error: Error) -> Result<(), ActorProcessingErr> {
@@ -910,6 +956,28 @@ impl ConnectionActorState {
     fn alive_now(&self) -> Result<bool, Error> {
         sync_guarded(|| self.connection.is_alive())
             .map_err(|message| self.panicked("is_alive", message))
+    }
+
+    async fn open(
+        &mut self,
+        params: ResolvedConnectionParams,
+        timeout: Option<Duration>,
+        reply: OpenReply,
+    ) -> Result<(), ActorProcessingErr> {
+        if self.reconnecting() {
+            // Someone else's reconnect is already under way: wait for it rather than adding an
+            // attempt (no retry storms from many callers).
+            let deadline = Instant::now() + self.policy.timeouts.open;
+            self.park(deadline, Request::Open { reply });
+            return Ok(());
+        }
+        let result = self.open_requested(params, timeout).await;
+        let crash = panic_in(&result);
+        reply.send(result);
+        match crash {
+            Some(error) => self.crash(error).await,
+            None => Ok(()),
+        }
     }
 
     /// An open asked for by a caller: counted, reported, answered with the plugin's error.
@@ -1330,6 +1398,9 @@ impl ConnectionActorState {
                     let _ = reply.send(());
                 }
             }
+            ConnectionMessage::Routed(routed) => {
+                let _ = routed.reply.send(Err(closed()));
+            }
             ConnectionMessage::Internal(_) => {}
         }
     }
@@ -1371,6 +1442,7 @@ impl fmt::Debug for ConnectionMessage {
                 .field("params", params)
                 .field("timeout", timeout)
                 .finish(),
+            Self::Routed(open) => f.debug_tuple("Routed").field(open).finish(),
             Self::IsAlive { .. } => f.write_str("IsAlive"),
             Self::RunCommand { timeout, .. } => f
                 .debug_struct("RunCommand")
@@ -1386,6 +1458,15 @@ impl fmt::Debug for ConnectionMessage {
             Self::Close { reason, .. } => f.debug_struct("Close").field("reason", reason).finish(),
             Self::Internal(tick) => f.debug_tuple("Internal").field(tick).finish(),
         }
+    }
+}
+
+impl fmt::Debug for RoutedOpen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RoutedOpen")
+            .field("params", &self.params)
+            .field("handle", &self.handle)
+            .finish_non_exhaustive()
     }
 }
 

@@ -195,16 +195,27 @@ impl ConnectionManager {
         key: &ConnectionKey,
         params: &ResolvedConnectionParams,
     ) -> Result<Option<ConnectionHandle>, Error> {
-        // One retry: a close that raced between get_or_create and open removed the instance we
-        // were given; the caller asked for an open connection, so ask for the new one.
+        // The supervisor finds (or creates) the connection and hands the request to its actor,
+        // which answers: three messages, and the supervisor never waits for the open. The
+        // bound covers a creation, the open and the answer.
+        let bound = self.timeouts.request * 2 + self.timeouts.open;
+        // One retry: a close that raced with the request removed the instance it reached; the
+        // caller asked for an open connection, so ask for the new one.
         for attempt in 0..2 {
-            let Some(handle) = self.get_or_create(key.clone()).await? else {
-                return Ok(None);
-            };
-            match handle.open(params).await {
-                Ok(()) => return Ok(Some(handle)),
+            let answer = ask_supervisor(
+                &self.supervisor,
+                |reply| SupervisorMessage::OpenConnection {
+                    key: key.clone(),
+                    params: params.clone(),
+                    reply,
+                },
+                bound,
+                "open_connection",
+            )
+            .await?;
+            match answer {
                 Err(Error::Closed { .. }) if attempt == 0 => continue,
-                Err(error) => return Err(error),
+                answer => return answer,
             }
         }
         Err(Error::Closed { key: key.clone() })

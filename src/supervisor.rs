@@ -21,7 +21,9 @@ use tracing::{debug, error, warn};
 
 use crate::config::{AtLimit, SupervisorConfig, Timeouts};
 use crate::connection::{Connection, ConnectionFactory, ConnectionKey, ResolvedConnectionParams};
-use crate::connection_actor::{Activity, ConnectionActor, ConnectionArgs, ConnectionMessage};
+use crate::connection_actor::{
+    Activity, ConnectionActor, ConnectionArgs, ConnectionMessage, RoutedOpen,
+};
 use crate::error::Error;
 use crate::events::{
     CloseReason, ConnectionEvent, ConnectionState, ConnectionStatus, EventBus, EventKind,
@@ -44,6 +46,19 @@ pub enum SupervisorMessage {
         /// The connection wanted.
         key: ConnectionKey,
         /// Where the answer goes.
+        reply: RpcReplyPort<GetOrCreateReply>,
+    },
+    /// Like `GetOrCreate`, then opens the connection with `params` unless it is already alive,
+    /// and answers with the handle once it is open (or with the open's error). The supervisor
+    /// forwards the request, reply port included, to the connection's actor and does not wait
+    /// for the open: one message to the supervisor, one to the actor, one answer.
+    OpenConnection {
+        /// The connection wanted.
+        key: ConnectionKey,
+        /// What to open it with.
+        params: ResolvedConnectionParams,
+        /// Where the answer goes. `Err(Closed)` means the connection was closed while the
+        /// request was on its way: ask again for a new one.
         reply: RpcReplyPort<GetOrCreateReply>,
     },
     /// Finds the current actor of a connection whose actor was restarted; never creates.
@@ -202,11 +217,49 @@ enum Slot {
 struct Creation {
     id: u64,
     lineage: u64,
-    waiters: Vec<RpcReplyPort<GetOrCreateReply>>,
+    waiters: Vec<Waiter>,
     /// Set once the key is closed while the factory runs (only on orphans).
     closer: Option<(RpcReplyPort<()>, CloseReason)>,
     /// A restart of a connection that was open: the new actor reopens with these.
     reopen_with: Option<ResolvedConnectionParams>,
+}
+
+/// A caller waiting for a connection: for its handle, or for it to be open.
+enum Waiter {
+    Handle(RpcReplyPort<GetOrCreateReply>),
+    Open(ResolvedConnectionParams, RpcReplyPort<GetOrCreateReply>),
+}
+
+impl Waiter {
+    fn answer(self, answer: GetOrCreateReply) {
+        let (Self::Handle(reply) | Self::Open(_, reply)) = self;
+        let _ = reply.send(answer);
+    }
+
+    /// Hands over the connection: the handle at once, or the open request to the connection's
+    /// actor, which answers the caller itself once the open is done.
+    fn serve(self, handle: &ConnectionHandle) {
+        match self {
+            Self::Handle(reply) => {
+                let _ = reply.send(Ok(Some(handle.clone())));
+            }
+            Self::Open(params, reply) => {
+                let open = ConnectionMessage::Routed(Box::new(RoutedOpen {
+                    params,
+                    handle: handle.clone(),
+                    reply,
+                }));
+                if let Err(ractor::MessagingErr::SendErr(ConnectionMessage::Routed(open))) =
+                    handle.actor().send_message(open)
+                {
+                    // The actor stopped (closed, or crashed and not yet restarted): the caller
+                    // asks again and reaches whatever replaced it.
+                    let key = handle.key().clone();
+                    let _ = open.reply.send(Err(Error::Closed { key }));
+                }
+            }
+        }
+    }
 }
 
 struct Pooled {
@@ -265,7 +318,12 @@ impl Actor for ConnectionSupervisor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            SupervisorMessage::GetOrCreate { key, reply } => state.get_or_create(key, reply),
+            SupervisorMessage::GetOrCreate { key, reply } => {
+                state.get_or_create(key, Waiter::Handle(reply))
+            }
+            SupervisorMessage::OpenConnection { key, params, reply } => {
+                state.get_or_create(key, Waiter::Open(params, reply))
+            }
             SupervisorMessage::Resolve {
                 key,
                 lineage,
@@ -332,14 +390,14 @@ impl Actor for ConnectionSupervisor {
 }
 
 impl SupervisorState {
-    fn get_or_create(&mut self, key: ConnectionKey, reply: RpcReplyPort<GetOrCreateReply>) {
+    fn get_or_create(&mut self, key: ConnectionKey, reply: Waiter) {
         if self.shutting_down {
-            let _ = reply.send(Err(Error::ShutDown));
+            reply.answer(Err(Error::ShutDown));
             return;
         }
         match self.pool.get_mut(&key) {
             Some(Slot::Ready(pooled)) => {
-                let _ = reply.send(Ok(Some(pooled.handle.clone())));
+                reply.serve(&pooled.handle);
                 return;
             }
             Some(Slot::Creating(creation)) => {
@@ -349,7 +407,7 @@ impl SupervisorState {
             Some(Slot::Quarantined(quarantine)) => {
                 let now = Instant::now();
                 if now < quarantine.until {
-                    let _ = reply.send(Err(quarantined(&key, quarantine, now)));
+                    reply.answer(Err(quarantined(&key, quarantine, now)));
                     return;
                 }
                 // The quarantine is over: a fresh start, with a clean restart history.
@@ -359,11 +417,11 @@ impl SupervisorState {
             None => {}
         }
         if self.config.factory.is_none() {
-            let _ = reply.send(Err(Error::FactoryNotSet));
+            reply.answer(Err(Error::FactoryNotSet));
             return;
         }
         if let Err(error) = self.make_room(&key) {
-            let _ = reply.send(Err(error));
+            reply.answer(Err(error));
             return;
         }
         let lineage = self.fresh_id();
@@ -376,7 +434,7 @@ impl SupervisorState {
                 Ok(Some(pooled.handle.clone()))
             }
             Some(Slot::Creating(creation)) if creation.lineage == lineage => {
-                creation.waiters.push(reply);
+                creation.waiters.push(Waiter::Handle(reply));
                 return;
             }
             Some(Slot::Quarantined(quarantine)) if quarantine.lineage == lineage => {
@@ -392,7 +450,7 @@ impl SupervisorState {
         &mut self,
         key: ConnectionKey,
         lineage: u64,
-        waiters: Vec<RpcReplyPort<GetOrCreateReply>>,
+        waiters: Vec<Waiter>,
         reopen_with: Option<ResolvedConnectionParams>,
     ) {
         let Some(factory) = self.config.factory.clone() else {
@@ -735,7 +793,9 @@ impl SupervisorState {
             status_rx,
             route_rx,
         );
-        answer_all(waiters, || Ok(Some(handle.clone())));
+        for waiter in waiters {
+            waiter.serve(&handle);
+        }
         self.children.insert(handle.actor().get_id(), key.clone());
         match closer {
             Some((closer, reason)) => {
@@ -885,9 +945,9 @@ fn quarantined(key: &ConnectionKey, quarantine: &Quarantine, now: Instant) -> Er
     }
 }
 
-fn answer_all(waiters: Vec<RpcReplyPort<GetOrCreateReply>>, answer: impl Fn() -> GetOrCreateReply) {
+fn answer_all(waiters: Vec<Waiter>, answer: impl Fn() -> GetOrCreateReply) {
     for waiter in waiters {
-        let _ = waiter.send(answer());
+        waiter.answer(answer());
     }
 }
 
@@ -927,6 +987,12 @@ impl fmt::Debug for SupervisorMessage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::GetOrCreate { key, .. } => f.debug_tuple("GetOrCreate").field(key).finish(),
+            // Params print redacted (see ResolvedConnectionParams' Debug).
+            Self::OpenConnection { key, params, .. } => f
+                .debug_tuple("OpenConnection")
+                .field(key)
+                .field(params)
+                .finish(),
             Self::Resolve { key, lineage, .. } => {
                 f.debug_tuple("Resolve").field(key).field(lineage).finish()
             }

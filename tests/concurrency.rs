@@ -92,6 +92,54 @@ async fn close_all_racing_a_thousand_creations_never_drops_a_connection_unclosed
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opens_racing_closes_on_the_same_keys_each_get_an_open_connection() {
+    let (manager, ledger) = mock_manager().await;
+    let openers: Vec<_> = (0..1000)
+        .map(|i| {
+            let manager = manager.clone();
+            tokio::spawn(async move {
+                let host = format!("r{}", i % 20);
+                manager.open_connection(&key(&host), &params(&host)).await
+            })
+        })
+        .collect();
+    let closers: Vec<_> = (0..200)
+        .map(|i| {
+            let manager = manager.clone();
+            tokio::spawn(async move {
+                manager
+                    .close_connection(&key(&format!("r{}", i % 20)))
+                    .await
+            })
+        })
+        .collect();
+    for task in openers {
+        // The supervisor hands an open to the connection's actor before any close it routes
+        // later, so a racing close never turns an open into an error.
+        let handle = task.await.unwrap().unwrap().expect("a mock key");
+        assert!(handle.key().hostname.starts_with('r'));
+    }
+    for task in closers {
+        task.await.unwrap().unwrap();
+    }
+    manager.close_all_connections().await.unwrap();
+    let counters = manager
+        .connection_counters_for(MOCK)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(counters.create_calls, counters.close_calls, "{counters:?}");
+    assert_eq!(
+        counters.open_calls,
+        Ledger::get(&ledger.opened),
+        "{counters:?}"
+    );
+    ledger.assert_all_closed_once();
+    assert_no_connection_actors(&manager).await;
+    manager.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_open_blocks_neither_its_key_lookups_nor_other_keys() {
     let ledger = Arc::new(Ledger::default());
     let slow_open_started = Arc::new(Notify::new());

@@ -122,6 +122,36 @@ async fn a_supervisor_linked_under_a_user_actor_is_driven_by_plain_messages() {
     .unwrap();
     assert_eq!((counters.create_calls, counters.open_calls), (1, 1));
 
+    // One message that finds, creates and opens: the answer comes from the connection's actor.
+    let opened = call_t!(
+        supervisor,
+        |reply| SupervisorMessage::OpenConnection {
+            key: key("r2"),
+            params: params("r2"),
+            reply
+        },
+        5_000
+    )
+    .unwrap()
+    .unwrap()
+    .unwrap();
+    assert!(opened.is_alive().await.unwrap());
+    let error = call_t!(
+        supervisor,
+        |reply| SupervisorMessage::OpenConnection {
+            key: key("bad"),
+            params: params("bad"),
+            reply
+        },
+        5_000
+    )
+    .unwrap()
+    .unwrap_err();
+    assert!(
+        matches!(&error, Error::PluginPanicked { key: failed, .. } if *failed == key("bad")),
+        "{error}"
+    );
+
     // The typed wrapper over the same actor.
     let manager = ConnectionManager::from_supervisor(supervisor.clone())
         .await
