@@ -171,26 +171,33 @@ fn bench_calls<F, Fut>(
 fn hot_path(c: &mut Criterion, rt: &Runtime) {
     let keys: Arc<Vec<ConnectionKey>> = Arc::new(mock::keys(KEYS));
     let params = Arc::new(mock_params());
-    let (manager, handles, baseline) = rt.block_on(async {
-        let manager =
-            ConnectionManager::spawn(SupervisorConfig::default().factory(mock::factory()))
-                .await
-                .expect("supervisor");
-        let mut handles = Vec::with_capacity(KEYS);
-        for key in keys.iter() {
-            handles.push(
-                manager
-                    .open_connection(key, &params)
-                    .await
-                    .expect("open")
-                    .expect("mock key"),
-            );
+    let open_all = |concurrent: bool| {
+        let (keys, params) = (keys.clone(), params.clone());
+        async move {
+            let config = SupervisorConfig::default().factory(mock::factory(concurrent));
+            let manager = ConnectionManager::spawn(config).await.expect("supervisor");
+            let mut handles = Vec::with_capacity(KEYS);
+            for key in keys.iter() {
+                let handle = manager.open_connection(key, &params).await;
+                handles.push(handle.expect("open").expect("mock key"));
+            }
+            (manager, Arc::new(handles))
         }
+    };
+    let (manager, handles, concurrent, concurrent_handles, baseline) = rt.block_on(async {
+        let (manager, handles) = open_all(false).await;
+        let (concurrent, concurrent_handles) = open_all(true).await;
         let baseline = BaselineManager::with_connection_factory(mock::baseline_factory());
         for key in keys.iter() {
             baseline.open_connection(key, &params).await.expect("open");
         }
-        (manager, Arc::new(handles), Arc::new(baseline))
+        (
+            manager,
+            handles,
+            concurrent,
+            concurrent_handles,
+            Arc::new(baseline),
+        )
     });
 
     let (echo, _) = rt
@@ -228,6 +235,20 @@ fn hot_path(c: &mut Criterion, rt: &Runtime) {
         bench_calls(
             &mut group,
             id("handle execute_command"),
+            rt,
+            callers,
+            move |i: usize| {
+                let h = h.clone();
+                async move {
+                    let out = h[i % KEYS].execute_command("x").await;
+                    std::hint::black_box(out.expect("command"));
+                }
+            },
+        );
+        let h = concurrent_handles.clone();
+        bench_calls(
+            &mut group,
+            id("handle execute_command, concurrent plugin"),
             rt,
             callers,
             move |i: usize| {
@@ -299,6 +320,7 @@ fn hot_path(c: &mut Criterion, rt: &Runtime) {
     echo.stop(None);
     rt.block_on(async {
         manager.shutdown().await.expect("shutdown");
+        concurrent.shutdown().await.expect("shutdown");
         // Upstream's close-all blocks on each connection's mutex: off the worker threads.
         let closing = baseline.clone();
         tokio::task::spawn_blocking(move || closing.close_all_connections())
@@ -762,7 +784,7 @@ async fn create_and_open(manager: &ConnectionManager, count: usize) -> Duration 
 }
 
 fn scale_manager() -> SupervisorConfig {
-    SupervisorConfig::default().factory(mock::factory())
+    SupervisorConfig::default().factory(mock::factory(false))
 }
 
 /// Resident memory of this process, in bytes.

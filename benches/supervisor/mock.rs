@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use connection_supervisor::{
-    CommandError, Connection, ConnectionFactory, ConnectionKey, OpenError, ResolvedConnectionParams,
+    CommandError, CommandOutput, CommandRunner, Connection, ConnectionFactory, ConnectionKey,
+    OpenError, ResolvedConnectionParams,
 };
 use tokio::sync::Mutex;
 
@@ -44,11 +45,56 @@ impl Connection for MockConnection {
     }
 }
 
-/// The supervisor's factory: a [`MockConnection`] for plugin [`PLUGIN`].
-pub fn factory() -> Arc<ConnectionFactory> {
-    Arc::new(|key: &ConnectionKey| {
-        (key.plugin_name == PLUGIN)
-            .then(|| Box::new(MockConnection::default()) as Box<dyn Connection>)
+/// The same mock for a plugin that runs commands concurrently (as SSH does with channels):
+/// handles run its commands through its [`CommandRunner`] without messaging the actor.
+#[derive(Debug, Default)]
+pub struct ConcurrentMock {
+    alive: bool,
+}
+
+struct MockRunner;
+
+#[async_trait]
+impl CommandRunner for MockRunner {
+    async fn run(&self, _command: &str) -> Result<CommandOutput, CommandError> {
+        Ok(CommandOutput {
+            stdout: REPLY.to_owned(),
+            ..CommandOutput::default()
+        })
+    }
+}
+
+#[async_trait]
+impl Connection for ConcurrentMock {
+    fn is_alive(&self) -> bool {
+        self.alive
+    }
+
+    async fn open(&mut self, _params: &ResolvedConnectionParams) -> Result<(), OpenError> {
+        self.alive = true;
+        Ok(())
+    }
+
+    async fn close(&mut self) {
+        self.alive = false;
+    }
+
+    fn command_runner(&self) -> Option<(Arc<dyn CommandRunner>, usize)> {
+        Some((Arc::new(MockRunner), 8))
+    }
+}
+
+/// The supervisor's factory: a [`MockConnection`] for plugin [`PLUGIN`], or a
+/// [`ConcurrentMock`] when `concurrent` is set.
+pub fn factory(concurrent: bool) -> Arc<ConnectionFactory> {
+    Arc::new(move |key: &ConnectionKey| {
+        (key.plugin_name == PLUGIN).then(|| {
+            if concurrent {
+                Box::new(ConcurrentMock::default()) as Box<dyn Connection>
+            } else {
+                Box::new(MockConnection::default()) as Box<dyn Connection>
+            }
+        })
     })
 }
 
