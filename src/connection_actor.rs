@@ -247,9 +247,8 @@ pub struct ConnectionArgs {
     pub(crate) policy: ConnectionPolicy,
     pub(crate) open_slots: Arc<Semaphore>,
     pub(crate) events: EventBus,
-    pub(crate) status: watch::Sender<ConnectionStatus>,
-    /// Where the connection's direct route for commands is published to its handles.
-    pub(crate) route: watch::Sender<Option<DirectRoute>>,
+    /// Where the connection's status and direct route are published to its handles.
+    pub(crate) published: watch::Sender<Published>,
     pub(crate) activity: Arc<Activity>,
     /// Set on a restart of a connection that was open: reopen with these at once.
     pub(crate) reopen_with: Option<ResolvedConnectionParams>,
@@ -457,27 +456,49 @@ impl DirectRoute {
     }
 }
 
-/// Where the actor publishes its [`DirectRoute`]. Withdraws it when dropped, so a route never
-/// outlives its actor, however the actor ends.
-struct RoutePublisher {
-    current: Option<DirectRoute>,
-    tx: watch::Sender<Option<DirectRoute>>,
+/// What a connection's handles read without messaging its actor. One `watch` channel for both,
+/// since each channel costs about 600 bytes per connection.
+#[derive(Clone)]
+pub(crate) struct Published {
+    pub(crate) status: ConnectionStatus,
+    pub(crate) route: Option<DirectRoute>,
 }
 
-impl RoutePublisher {
-    fn set(&mut self, route: Option<DirectRoute>) {
-        if let Some(old) = self.current.take() {
-            // Commands still waiting for a slot of the old session go to the actor instead.
-            old.slots.close();
+impl Published {
+    pub(crate) fn new() -> Self {
+        Self {
+            status: ConnectionStatus::new(ConnectionState::Created),
+            route: None,
         }
-        self.current = route.clone();
-        self.tx.send_replace(route);
     }
 }
 
-impl Drop for RoutePublisher {
+/// The actor's end of the [`Published`] channel. Withdraws the route when dropped, so a route
+/// never outlives its actor, however the actor ends.
+struct Publisher {
+    route: Option<DirectRoute>,
+    tx: watch::Sender<Published>,
+}
+
+impl Publisher {
+    fn status(&self, status: &ConnectionStatus) {
+        self.tx
+            .send_modify(|published| published.status = status.clone());
+    }
+
+    fn route(&mut self, route: Option<DirectRoute>) {
+        if let Some(old) = self.route.take() {
+            // Commands still waiting for a slot of the old session go to the actor instead.
+            old.slots.close();
+        }
+        self.route = route.clone();
+        self.tx.send_modify(|published| published.route = route);
+    }
+}
+
+impl Drop for Publisher {
     fn drop(&mut self) {
-        self.set(None);
+        self.route(None);
     }
 }
 
@@ -529,7 +550,8 @@ pub struct ConnectionActorState {
     connection: Box<dyn Connection>,
     /// The lifecycle: `status.state` is the one state enum, changed only by `enter`.
     status: ConnectionStatus,
-    status_tx: watch::Sender<ConnectionStatus>,
+    /// Publishes the status and, while commands may skip the actor, the direct route.
+    published: Publisher,
     supervisor: ActorRef<SupervisorMessage>,
     policy: ConnectionPolicy,
     open_slots: Arc<Semaphore>,
@@ -545,8 +567,6 @@ pub struct ConnectionActorState {
     parked: VecDeque<(Instant, Request)>,
     timers: Timers,
     random: RandomState,
-    /// The plugin's concurrent command runner while open, if it has one.
-    route: RoutePublisher,
     /// Commands the actor itself started on the runner (replayed after a reconnect); aborted
     /// on close so none outlives the connection.
     commands: JoinSet<()>,
@@ -609,7 +629,10 @@ impl Actor for ConnectionActor {
             myself: myself.clone(),
             connection: args.connection,
             status: ConnectionStatus::new(ConnectionState::Created),
-            status_tx: args.status,
+            published: Publisher {
+                route: None,
+                tx: args.published,
+            },
             supervisor: args.supervisor,
             policy: args.policy,
             open_slots: args.open_slots,
@@ -621,10 +644,6 @@ impl Actor for ConnectionActor {
             parked: VecDeque::new(),
             timers: Timers::default(),
             random: RandomState::new(),
-            route: RoutePublisher {
-                current: None,
-                tx: args.route,
-            },
             commands: JoinSet::new(),
             span,
         };
@@ -862,7 +881,7 @@ impl ConnectionActorState {
                 reply,
             } => {
                 let bound = timeout.unwrap_or(self.policy.timeouts.request);
-                if let Some(route) = self.route.current.clone() {
+                if let Some(route) = self.published.route.clone() {
                     self.spawn_command(route, command, bound, reply);
                     return Ok(());
                 }
@@ -1071,7 +1090,7 @@ impl ConnectionActorState {
                 None
             }
         };
-        self.route.set(route);
+        self.published.route(route);
         let attempts = self.status.attempts + 1;
         self.status.attempts = 0;
         self.status.next_attempt_at = None;
@@ -1111,7 +1130,7 @@ impl ConnectionActorState {
         info!(%reason, "connection lost");
         self.session += 1;
         Timers::cancel(&mut self.timers.health);
-        self.route.set(None);
+        self.published.route(None);
         self.enter(
             ConnectionState::Lost,
             Some(EventKind::Lost {
@@ -1305,7 +1324,7 @@ impl ConnectionActorState {
             return;
         }
         self.timers.cancel_all();
-        self.route.set(None);
+        self.published.route(None);
         self.commands.abort_all();
         let closed = Error::Closed {
             key: self.key.clone(),
@@ -1342,7 +1361,7 @@ impl ConnectionActorState {
     /// Publishes the status to watchers (handles, the supervisor's status queries).
     fn publish(&mut self) {
         self.status.waiting_requests = self.parked.len();
-        self.status_tx.send_replace(self.status.clone());
+        self.published.status(&self.status);
     }
 
     fn schedule_health_check(&mut self) {

@@ -19,7 +19,7 @@ use crate::config::{SupervisorConfig, Timeouts};
 use crate::connection::{
     CommandOutput, Connection, ConnectionFactory, ConnectionKey, ResolvedConnectionParams,
 };
-use crate::connection_actor::{ConnectionMessage, Direct, DirectRoute, WithJob};
+use crate::connection_actor::{ConnectionMessage, Direct, Published, WithJob};
 use crate::error::Error;
 use crate::events::{ConnectionEvent, ConnectionStatus, EventStream, forward_to_actor};
 use crate::supervisor::{ConnectionSupervisor, SupervisorMessage};
@@ -375,9 +375,9 @@ pub struct ConnectionHandle {
     lineage: u64,
     supervisor: ActorRef<SupervisorMessage>,
     timeouts: Timeouts,
-    status: watch::Receiver<ConnectionStatus>,
-    /// Published by the actor while commands can skip it (see [`DirectRoute`]).
-    route: watch::Receiver<Option<DirectRoute>>,
+    /// The status, and the route commands take while they can skip the actor
+    /// (`DirectRoute`), as the actor publishes them.
+    published: watch::Receiver<Published>,
 }
 
 impl fmt::Debug for ConnectionHandle {
@@ -397,8 +397,7 @@ impl ConnectionHandle {
         lineage: u64,
         supervisor: ActorRef<SupervisorMessage>,
         timeouts: Timeouts,
-        status: watch::Receiver<ConnectionStatus>,
-        route: watch::Receiver<Option<DirectRoute>>,
+        published: watch::Receiver<Published>,
     ) -> Self {
         Self {
             key: Arc::new(key),
@@ -406,8 +405,7 @@ impl ConnectionHandle {
             lineage,
             supervisor,
             timeouts,
-            status,
-            route,
+            published,
         }
     }
 
@@ -434,7 +432,7 @@ impl ConnectionHandle {
     /// The latest lifecycle snapshot of this instance, read without messaging its actor (so it
     /// answers even while the connection is busy).
     pub fn status(&self) -> ConnectionStatus {
-        self.status.borrow().clone()
+        self.published.borrow().status.clone()
     }
 
     /// Waits until this instance's status satisfies `predicate`, for at most `timeout`; for
@@ -444,9 +442,10 @@ impl ConnectionHandle {
         timeout: Duration,
         mut predicate: impl FnMut(&ConnectionStatus) -> bool,
     ) -> Result<ConnectionStatus, Error> {
-        let mut status = self.status.clone();
-        match tokio::time::timeout(timeout, status.wait_for(|s| predicate(s))).await {
-            Ok(Ok(found)) => Ok(found.clone()),
+        let mut published = self.published.clone();
+        let wait = published.wait_for(|p| predicate(&p.status));
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(found)) => Ok(found.status.clone()),
             // The actor ended without ever reaching that status.
             Ok(Err(_)) => Err(self.closed()),
             Err(_) => Err(self.timed_out("wait_for_status", timeout)),
@@ -603,7 +602,7 @@ impl ConnectionHandle {
         command: &str,
         timeout: Duration,
     ) -> Option<Result<CommandOutput, Error>> {
-        let route = self.route.borrow().clone()?;
+        let route = self.published.borrow().route.clone()?;
         if !route.is_usable() {
             return None;
         }

@@ -22,7 +22,7 @@ use tracing::{debug, error, warn};
 use crate::config::{AtLimit, SupervisorConfig, Timeouts};
 use crate::connection::{Connection, ConnectionFactory, ConnectionKey, ResolvedConnectionParams};
 use crate::connection_actor::{
-    Activity, ConnectionActor, ConnectionArgs, ConnectionMessage, RoutedOpen,
+    Activity, ConnectionActor, ConnectionArgs, ConnectionMessage, Published, RoutedOpen,
 };
 use crate::error::Error;
 use crate::events::{
@@ -752,9 +752,7 @@ impl SupervisorState {
         self.events.emit(&key, EventKind::Created);
         let policy = self.config.policy_for(&key.plugin_name).clone();
         let timeouts = policy.timeouts;
-        let (status_tx, status_rx) =
-            watch::channel(ConnectionStatus::new(ConnectionState::Created));
-        let (route_tx, route_rx) = watch::channel(None);
+        let (published_tx, published_rx) = watch::channel(Published::new());
         let activity = Arc::new(Activity::new(self.epoch));
         let args = ConnectionArgs {
             key: key.clone(),
@@ -763,8 +761,7 @@ impl SupervisorState {
             policy,
             open_slots: self.open_slots.clone(),
             events: self.events.clone(),
-            status: status_tx,
-            route: route_tx,
+            published: published_tx,
             activity: activity.clone(),
             reopen_with: reopen_with.clone(),
         };
@@ -790,8 +787,7 @@ impl SupervisorState {
             lineage,
             self.myself.clone(),
             timeouts,
-            status_rx,
-            route_rx,
+            published_rx,
         );
         for waiter in waiters {
             waiter.serve(&handle);
