@@ -52,6 +52,8 @@ const FLEET_HOSTS: usize = 100;
 const FLEET_COMMANDS: usize = 20;
 /// Commands in flight per host, in every fleet variant: the SSH plugin's default channel limit.
 const PER_HOST: usize = 8;
+/// Alternating supervisor / raw russh fleet passes for the drift-free ratio.
+const PAIRED_ROUNDS: usize = 30;
 const FANOUT_HOSTS: usize = 1_000;
 const RECONNECT_HOSTS: usize = 100;
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(100);
@@ -564,6 +566,38 @@ fn ssh_fleet(c: &mut Criterion, rt: &Runtime, lab: &Arc<Lab>, report: &mut Repor
         });
     }
     group.finish();
+
+    // Criterion runs each variant's samples back to back, so a drift in the machine's speed
+    // (seen here: ±20% between runs minutes apart) lands on one variant. Passes alternating
+    // supervisor and raw russh, the order swapped every round, give a ratio that drift cancels.
+    let (supervisor, raw_route) = (routes[0].1.clone(), routes[1].1.clone());
+    let (mut ratios, mut supervisor_ms, mut raw_ms) = (Vec::new(), Vec::new(), Vec::new());
+    rt.block_on(async {
+        for round in 0..PAIRED_ROUNDS {
+            let (s, r) = if round % 2 == 0 {
+                let s = tokio::spawn(supervisor.clone().run(false)).await.expect("pass").0;
+                (s, tokio::spawn(raw_route.clone().run(false)).await.expect("pass").0)
+            } else {
+                let r = tokio::spawn(raw_route.clone().run(false)).await.expect("pass").0;
+                (tokio::spawn(supervisor.clone().run(false)).await.expect("pass").0, r)
+            };
+            // Throughput ratio: the raw pass's time over the supervisor's.
+            ratios.push(r.as_secs_f64() / s.as_secs_f64());
+            supervisor_ms.push(s.as_secs_f64() * 1e3);
+            raw_ms.push(r.as_secs_f64() * 1e3);
+        }
+    });
+    ratios.sort_by(f64::total_cmp);
+    report.set(
+        "fleet_paired",
+        json!({
+            "rounds": PAIRED_ROUNDS,
+            "median_ratio": ratios[ratios.len() / 2],
+            "ratios": ratios,
+            "supervisor_ms": supervisor_ms,
+            "raw_ms": raw_ms,
+        }),
+    );
 
     // One more pass of each, recording every command's latency for the distribution.
     let mut distributions = Vec::new();

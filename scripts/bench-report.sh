@@ -180,9 +180,25 @@ for name in ["supervisor", "raw russh", "connect per command"]:
 w("")
 vs_raw = rates["supervisor"] / rates["raw russh"]
 vs_cpc = rates["supervisor"] / rates["connect per command"]
+paired = extras.get("fleet_paired")
+if paired:
+    ratios = paired["ratios"]
+    spread = f"{ratios[len(ratios) // 10]:.2f}-{ratios[len(ratios) * 9 // 10]:.2f}"
+    w(f"The machine's speed drifts by up to ±20% over minutes, and criterion runs each variant's "
+      f"samples back to back, so the table's two rates can disagree by that much from run to "
+      f"run. The target is judged on {paired['rounds']} more rounds that alternate a "
+      "supervisor pass and a raw russh pass (order swapped every round): the median of the "
+      "per-round ratios, which drift cancels.")
+    w("")
 w("| target | measured | |")
 w("| --- | --- | --- |")
-w(f"| ≥ 0.95 × raw russh's commands/s | {vs_raw:.2f}× | {verdict(vs_raw >= 0.95)} |")
+if paired:
+    median = paired["median_ratio"]
+    w(f"| ≥ 0.95 × raw russh's commands/s (median of {paired['rounds']} alternating pairs; "
+      f"middle 80%: {spread}) | {median:.2f}× | {verdict(median >= 0.95)} |")
+    w(f"| (the same from the table above, variants run back to back) | {vs_raw:.2f}× | |")
+else:
+    w(f"| ≥ 0.95 × raw russh's commands/s | {vs_raw:.2f}× | {verdict(vs_raw >= 0.95)} |")
 w(f"| ≥ 8 × connect-per-command | {vs_cpc:.1f}× | {verdict(vs_cpc >= 8)} |")
 w("")
 if os.path.exists("docs/benchmarks/fleet-latency.svg"):
