@@ -572,14 +572,18 @@ fn ssh_fleet(c: &mut Criterion, rt: &Runtime, lab: &Arc<Lab>, report: &mut Repor
     // supervisor and raw russh, the order swapped every round, give a ratio that drift cancels.
     let (supervisor, raw_route) = (routes[0].1.clone(), routes[1].1.clone());
     let (mut ratios, mut supervisor_ms, mut raw_ms) = (Vec::new(), Vec::new(), Vec::new());
+    let pass = |route: &Route| {
+        let route = route.clone();
+        async move { tokio::spawn(route.run(false)).await.expect("pass").0 }
+    };
     rt.block_on(async {
         for round in 0..PAIRED_ROUNDS {
             let (s, r) = if round % 2 == 0 {
-                let s = tokio::spawn(supervisor.clone().run(false)).await.expect("pass").0;
-                (s, tokio::spawn(raw_route.clone().run(false)).await.expect("pass").0)
+                let s = pass(&supervisor).await;
+                (s, pass(&raw_route).await)
             } else {
-                let r = tokio::spawn(raw_route.clone().run(false)).await.expect("pass").0;
-                (tokio::spawn(supervisor.clone().run(false)).await.expect("pass").0, r)
+                let r = pass(&raw_route).await;
+                (pass(&supervisor).await, r)
             };
             // Throughput ratio: the raw pass's time over the supervisor's.
             ratios.push(r.as_secs_f64() / s.as_secs_f64());
