@@ -233,34 +233,21 @@ fn hot_path(c: &mut Criterion, rt: &Runtime) {
                 }
             },
         );
-        let h = handles.clone();
-        bench_calls(
-            &mut group,
-            id("handle execute_command"),
-            rt,
-            callers,
-            move |i: usize| {
+        for (name, h) in [
+            ("handle execute_command", handles.clone()),
+            (
+                "handle execute_command, concurrent plugin",
+                concurrent_handles.clone(),
+            ),
+        ] {
+            bench_calls(&mut group, id(name), rt, callers, move |i: usize| {
                 let h = h.clone();
                 async move {
                     let out = h[i % KEYS].execute_command("x").await;
                     std::hint::black_box(out.expect("command"));
                 }
-            },
-        );
-        let h = concurrent_handles.clone();
-        bench_calls(
-            &mut group,
-            id("handle execute_command, concurrent plugin"),
-            rt,
-            callers,
-            move |i: usize| {
-                let h = h.clone();
-                async move {
-                    let out = h[i % KEYS].execute_command("x").await;
-                    std::hint::black_box(out.expect("command"));
-                }
-            },
-        );
+            });
+        }
         let h = handles.clone();
         bench_calls(
             &mut group,

@@ -19,10 +19,13 @@ pub const PLUGIN: &str = "mock";
 /// What `execute_command` answers.
 pub const REPLY: &str = "ok\n";
 
-/// The mock for the supervisor: one instance per connection actor.
+/// The mock for the supervisor: one instance per connection actor. With `concurrent` set it
+/// also hands out a [`CommandRunner`] (as SSH does with channels), so handles run its commands
+/// without messaging the actor.
 #[derive(Debug, Default)]
 pub struct MockConnection {
     alive: bool,
+    concurrent: bool,
 }
 
 #[async_trait]
@@ -43,13 +46,11 @@ impl Connection for MockConnection {
     async fn execute_command(&mut self, _command: &str) -> Result<String, CommandError> {
         Ok(REPLY.to_owned())
     }
-}
 
-/// The same mock for a plugin that runs commands concurrently (as SSH does with channels):
-/// handles run its commands through its [`CommandRunner`] without messaging the actor.
-#[derive(Debug, Default)]
-pub struct ConcurrentMock {
-    alive: bool,
+    fn command_runner(&self) -> Option<(Arc<dyn CommandRunner>, usize)> {
+        self.concurrent
+            .then(|| (Arc::new(MockRunner) as Arc<dyn CommandRunner>, 8))
+    }
 }
 
 struct MockRunner;
@@ -64,36 +65,15 @@ impl CommandRunner for MockRunner {
     }
 }
 
-#[async_trait]
-impl Connection for ConcurrentMock {
-    fn is_alive(&self) -> bool {
-        self.alive
-    }
-
-    async fn open(&mut self, _params: &ResolvedConnectionParams) -> Result<(), OpenError> {
-        self.alive = true;
-        Ok(())
-    }
-
-    async fn close(&mut self) {
-        self.alive = false;
-    }
-
-    fn command_runner(&self) -> Option<(Arc<dyn CommandRunner>, usize)> {
-        Some((Arc::new(MockRunner), 8))
-    }
-}
-
-/// The supervisor's factory: a [`MockConnection`] for plugin [`PLUGIN`], or a
-/// [`ConcurrentMock`] when `concurrent` is set.
+/// The supervisor's factory: a [`MockConnection`] for plugin [`PLUGIN`], running commands
+/// concurrently when `concurrent` is set.
 pub fn factory(concurrent: bool) -> Arc<ConnectionFactory> {
     Arc::new(move |key: &ConnectionKey| {
         (key.plugin_name == PLUGIN).then(|| {
-            if concurrent {
-                Box::new(ConcurrentMock::default()) as Box<dyn Connection>
-            } else {
-                Box::new(MockConnection::default()) as Box<dyn Connection>
-            }
+            Box::new(MockConnection {
+                alive: false,
+                concurrent,
+            }) as Box<dyn Connection>
         })
     })
 }
