@@ -3,8 +3,10 @@
 //! `Operator` is the user's actor: it spawns the `ConnectionSupervisor` linked under itself (so
 //! it hears when the supervisor stops or fails, like any child), subscribes to the lifecycle
 //! events as plain messages of its own type, logs the interesting ones and counts reconnects.
-//! Other code can wait, without polling, until the operator has seen a number of reconnects
-//! or closes: the operator answers once it gets there.
+//! Other code can wait, without polling, until the operator has seen a number of reconnects:
+//! the operator answers once it gets there. It stops when its event stream ends
+//! (`EventDelivery::Ended`, after the supervisor's last event), so it never misses the closes
+//! of a shutdown.
 //!
 //! Run with `cargo run --example embed`. It starts three embedded SSH devices, runs a command
 //! on each through the supervisor, drops every session of one device and waits (bounded) until
@@ -20,7 +22,8 @@ use connection_supervisor::testing::{
 };
 use connection_supervisor::{
     Backoff, ConnectionEvent, ConnectionKey, ConnectionManager, ConnectionPolicy,
-    ConnectionSupervisor, EventKind, ResolvedConnectionParams, SupervisorConfig, SupervisorMessage,
+    ConnectionSupervisor, EventDelivery, EventKind, ResolvedConnectionParams, SupervisorConfig,
+    SupervisorMessage,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent, call_t};
 
@@ -30,21 +33,15 @@ struct Operator;
 enum OperatorMessage {
     /// A lifecycle event from the supervisor's subscription.
     Lifecycle(ConnectionEvent),
+    /// The subscription ended: the supervisor stopped and every event has arrived.
+    StreamEnded,
     /// The supervisor, for whoever wants to message it directly.
     Supervisor(RpcReplyPort<ActorRef<SupervisorMessage>>),
-    /// Answers with the count of `what` once it is at least `at_least`.
-    WaitFor {
-        what: Tally,
+    /// Answers with the number of reconnects seen once it is at least `at_least`.
+    WaitForReconnects {
         at_least: u64,
         reply: RpcReplyPort<u64>,
     },
-}
-
-/// What the operator counts.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Tally {
-    Reconnects,
-    Closes,
 }
 
 #[derive(Default)]
@@ -53,20 +50,11 @@ struct Counts {
     closes: u64,
 }
 
-impl Counts {
-    fn of(&self, what: Tally) -> u64 {
-        match what {
-            Tally::Reconnects => self.reconnects,
-            Tally::Closes => self.closes,
-        }
-    }
-}
-
 struct OperatorState {
     supervisor: ActorRef<SupervisorMessage>,
     counts: Counts,
-    /// Askers waiting for a count to reach their number.
-    waiting: Vec<(Tally, u64, RpcReplyPort<u64>)>,
+    /// Askers waiting for the reconnect count to reach their number.
+    waiting: Vec<(u64, RpcReplyPort<u64>)>,
 }
 
 impl Actor for Operator {
@@ -84,7 +72,11 @@ impl Actor for Operator {
         // Events arrive as this actor's own messages, in order per connection.
         ConnectionManager::from_supervisor(supervisor.clone())
             .await?
-            .subscribe_actor(myself, |event| Some(OperatorMessage::Lifecycle(event)))
+            .subscribe_actor(myself, |delivery| match delivery {
+                EventDelivery::Event(event) => Some(OperatorMessage::Lifecycle(event)),
+                EventDelivery::Ended => Some(OperatorMessage::StreamEnded),
+                _ => None,
+            })
             .await?;
         Ok(OperatorState {
             supervisor,
@@ -95,11 +87,21 @@ impl Actor for Operator {
 
     async fn handle(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
+            OperatorMessage::StreamEnded => {
+                // Stopping here, not on the supervisor's `ActorTerminated`, is what guarantees
+                // the operator saw every event: ractor delivers supervision events ahead of
+                // messages still queued.
+                println!(
+                    "operator: no more events ({} reconnect(s), {} close(s) seen); stopping",
+                    state.counts.reconnects, state.counts.closes
+                );
+                myself.stop(None);
+            }
             OperatorMessage::Lifecycle(event) => {
                 let host = &event.key.hostname;
                 match &event.kind {
@@ -121,28 +123,24 @@ impl Actor for Operator {
                     }
                     _ => {}
                 }
-                let counts = &state.counts;
+                let seen = state.counts.reconnects;
                 let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut state.waiting)
                     .into_iter()
-                    .partition(|(what, at_least, _)| counts.of(*what) >= *at_least);
+                    .partition(|(at_least, _)| seen >= *at_least);
                 state.waiting = waiting;
-                for (what, _, reply) in ready {
-                    let _ = reply.send(counts.of(what));
+                for (_, reply) in ready {
+                    let _ = reply.send(seen);
                 }
             }
             OperatorMessage::Supervisor(reply) => {
                 let _ = reply.send(state.supervisor.clone());
             }
-            OperatorMessage::WaitFor {
-                what,
-                at_least,
-                reply,
-            } => {
-                let count = state.counts.of(what);
-                if count >= at_least {
-                    let _ = reply.send(count);
+            OperatorMessage::WaitForReconnects { at_least, reply } => {
+                let seen = state.counts.reconnects;
+                if seen >= at_least {
+                    let _ = reply.send(seen);
                 } else {
-                    state.waiting.push((what, at_least, reply));
+                    state.waiting.push((at_least, reply));
                 }
             }
         }
@@ -151,14 +149,14 @@ impl Actor for Operator {
 
     async fn handle_supervisor_evt(
         &self,
-        myself: ActorRef<Self::Msg>,
+        _myself: ActorRef<Self::Msg>,
         event: SupervisionEvent,
         _state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match event {
             SupervisionEvent::ActorTerminated(..) => {
-                println!("operator: the connection supervisor stopped; stopping too");
-                myself.stop(None);
+                // Its last events may still be on their way: stop once the stream has ended.
+                println!("operator: the connection supervisor stopped");
             }
             SupervisionEvent::ActorFailed(_, reason) => {
                 // A failed supervisor takes its connections with it: escalate, as any parent
@@ -226,28 +224,15 @@ async fn main() -> Result<(), Box<dyn StdError>> {
     devices[1].1.drop_all_sessions().await;
     let seen = call_t!(
         operator,
-        |reply| OperatorMessage::WaitFor {
-            what: Tally::Reconnects,
-            at_least: 1,
-            reply
-        },
+        |reply| OperatorMessage::WaitForReconnects { at_least: 1, reply },
         10_000
     )?;
     println!("main: the operator has seen {seen} reconnect(s)");
 
+    // Events reach the operator through its mailbox, after the calls that caused them return.
+    // No need to wait for them here: the operator stops only once its event stream has ended,
+    // after the supervisor's last event.
     manager.close_all_connections().await?;
-    // Events reach the operator through its mailbox, after the calls that caused them return:
-    // wait until it has seen every close before stopping its supervisor.
-    call_t!(
-        operator,
-        |reply| OperatorMessage::WaitFor {
-            what: Tally::Closes,
-            at_least: devices.len() as u64,
-            reply
-        },
-        10_000
-    )?;
-    // The operator sees its child stop and stops itself.
     manager.shutdown().await?;
     operator_done.await?;
     let _ = std::fs::remove_file(known_hosts_path);

@@ -300,26 +300,47 @@ impl EventBus {
     }
 }
 
+/// What an actor subscribed with
+/// [`ConnectionManager::subscribe_actor`](crate::ConnectionManager::subscribe_actor) is told,
+/// in order.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum EventDelivery {
+    /// The next event.
+    Event(ConnectionEvent),
+    /// The actor fell this many events behind the supervisor's event buffer
+    /// ([`SupervisorConfig::event_capacity`](crate::SupervisorConfig)) and they are lost; what
+    /// follows is current again.
+    Lagged(u64),
+    /// The supervisor stopped and every event it emitted has been delivered: nothing follows.
+    /// An actor that stops here has seen everything, which stopping on the supervisor's
+    /// `ActorTerminated` does not promise (ractor delivers that ahead of queued messages).
+    Ended,
+}
+
 /// Forwards events to a ractor actor until the supervisor shuts down or the actor stops.
 pub(crate) fn forward_to_actor<M: ractor::Message>(
     mut receiver: broadcast::Receiver<ConnectionEvent>,
     actor: ActorRef<M>,
-    convert: impl Fn(ConnectionEvent) -> Option<M> + Send + 'static,
+    convert: impl Fn(EventDelivery) -> Option<M> + Send + 'static,
 ) {
     tokio::spawn(async move {
         loop {
-            match receiver.recv().await {
-                Ok(event) => {
-                    if let Some(message) = convert(event) {
-                        if actor.send_message(message).is_err() {
-                            return;
-                        }
-                    }
-                }
+            let (delivery, last) = match receiver.recv().await {
+                Ok(event) => (EventDelivery::Event(event), false),
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     tracing::warn!(missed, actor = %actor.get_id(), "event subscriber fell behind");
+                    (EventDelivery::Lagged(missed), false)
                 }
-                Err(broadcast::error::RecvError::Closed) => return,
+                Err(broadcast::error::RecvError::Closed) => (EventDelivery::Ended, true),
+            };
+            if let Some(message) = convert(delivery) {
+                if actor.send_message(message).is_err() {
+                    return;
+                }
+            }
+            if last {
+                return;
             }
         }
     });

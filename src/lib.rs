@@ -76,12 +76,13 @@ pub use connection::{
     Extras, FailureKind, LossNotifier, OpenError, ResolvedConnectionParams,
 };
 pub use connection_actor::{
-    ConnectionActor, ConnectionActorState, ConnectionArgs, ConnectionMessage, Tick, WithJob,
+    ConnectionActor, ConnectionActorState, ConnectionArgs, ConnectionMessage, RoutedOpen, Tick,
+    WithJob,
 };
 pub use error::Error;
 pub use events::{
-    CloseReason, ConnectionEvent, ConnectionState, ConnectionStatus, EventKind, EventStream,
-    FailureInfo,
+    CloseReason, ConnectionEvent, ConnectionState, ConnectionStatus, EventDelivery, EventKind,
+    EventStream, FailureInfo,
 };
 pub use manager::{ConnectionCounters, ConnectionHandle, ConnectionManager};
 pub use supervisor::{

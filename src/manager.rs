@@ -21,7 +21,7 @@ use crate::connection::{
 };
 use crate::connection_actor::{ConnectionMessage, Direct, Published, WithJob};
 use crate::error::Error;
-use crate::events::{ConnectionEvent, ConnectionStatus, EventStream, forward_to_actor};
+use crate::events::{ConnectionStatus, EventDelivery, EventStream, forward_to_actor};
 use crate::supervisor::{ConnectionSupervisor, SupervisorMessage};
 
 /// Per-plugin counts of lifecycle calls, as upstream genja keeps them, plus what supervision
@@ -295,12 +295,14 @@ impl ConnectionManager {
         Ok(EventStream::new(receiver))
     }
 
-    /// Delivers every lifecycle event, converted by `convert` (`None` skips one), to a ractor
-    /// actor, until the supervisor shuts down or the actor stops.
+    /// Delivers every lifecycle event to a ractor actor, converted by `convert` into the
+    /// actor's own message type (`None` skips one), until the supervisor shuts down or the
+    /// actor stops. Falling behind arrives as [`EventDelivery::Lagged`]; the end of the stream,
+    /// after the supervisor's last event, as [`EventDelivery::Ended`].
     pub async fn subscribe_actor<M: Message>(
         &self,
         actor: ActorRef<M>,
-        convert: impl Fn(ConnectionEvent) -> Option<M> + Send + 'static,
+        convert: impl Fn(EventDelivery) -> Option<M> + Send + 'static,
     ) -> Result<(), Error> {
         let receiver = self
             .ask(|reply| SupervisorMessage::Subscribe { reply }, "subscribe")

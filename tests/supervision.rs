@@ -7,7 +7,8 @@ use std::time::Duration;
 use connection_supervisor::testing::{FaultLedger, FaultPlugin};
 use connection_supervisor::{
     AtLimit, Backoff, CloseReason, ConnectionManager, ConnectionPolicy, ConnectionState, Error,
-    EventKind, EventStream, FailureKind, ResolvedConnectionParams, RestartPolicy, SupervisorConfig,
+    EventDelivery, EventKind, EventStream, FailureKind, ResolvedConnectionParams, RestartPolicy,
+    SupervisorConfig,
 };
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -895,7 +896,7 @@ async fn shutdown_stops_every_actor_task_and_timer_and_ends_subscriptions() {
 struct EventSink;
 
 impl ractor::Actor for EventSink {
-    type Msg = connection_supervisor::ConnectionEvent;
+    type Msg = connection_supervisor::EventDelivery;
     type State = ();
     type Arguments = ();
 
@@ -915,7 +916,7 @@ async fn a_ractor_actor_can_subscribe_to_events() {
 
     struct Counter;
     impl Actor for Counter {
-        type Msg = connection_supervisor::ConnectionEvent;
+        type Msg = EventDelivery;
         type State = mpsc::UnboundedSender<String>;
         type Arguments = mpsc::UnboundedSender<String>;
         async fn pre_start(
@@ -928,10 +929,13 @@ async fn a_ractor_actor_can_subscribe_to_events() {
         async fn handle(
             &self,
             _: ActorRef<Self::Msg>,
-            event: Self::Msg,
+            delivery: Self::Msg,
             tx: &mut Self::State,
         ) -> Result<(), ActorProcessingErr> {
-            let _ = tx.send(format!("{} {:?}", event.key, event.kind));
+            let _ = tx.send(match delivery {
+                EventDelivery::Event(event) => format!("{} {:?}", event.key, event.kind),
+                other => format!("{other:?}"),
+            });
             Ok(())
         }
     }
@@ -941,8 +945,12 @@ async fn a_ractor_actor_can_subscribe_to_events() {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let (counter, join) = Actor::spawn(None, Counter, tx).await.unwrap();
     manager
-        .subscribe_actor(counter.clone(), |event| {
-            matches!(event.kind, EventKind::Opened | EventKind::Closed { .. }).then_some(event)
+        .subscribe_actor(counter.clone(), |delivery| match &delivery {
+            EventDelivery::Event(event) => {
+                matches!(event.kind, EventKind::Opened | EventKind::Closed { .. })
+                    .then_some(delivery)
+            }
+            _ => Some(delivery),
         })
         .await
         .unwrap();
@@ -961,7 +969,28 @@ async fn a_ractor_actor_can_subscribe_to_events() {
         .unwrap();
     assert_eq!(first, "r1/fault Opened");
     assert_eq!(second, "r1/fault Closed { reason: Requested }");
+    // Shutting down closes r2: its close still arrives, and the end of the stream after it.
+    manager
+        .open_connection(&plugin.key("r2"), &params("r2"))
+        .await
+        .unwrap();
     finish(manager, &plugin).await;
+    let mut rest = Vec::new();
+    while let Some(line) = tokio::time::timeout(WAIT, rx.recv()).await.unwrap() {
+        let ended = line == "Ended";
+        rest.push(line);
+        if ended {
+            break;
+        }
+    }
+    assert_eq!(
+        rest,
+        [
+            "r2/fault Opened",
+            "r2/fault Closed { reason: Shutdown }",
+            "Ended"
+        ]
+    );
     counter.stop(None);
     join.await.unwrap();
 }
