@@ -363,7 +363,10 @@ impl ConnectionManager {
 }
 
 /// A cheap, cloneable handle to one pooled connection. Calls go straight to the connection's
-/// actor (no supervisor hop) and run one at a time, in the order they arrive.
+/// actor (no supervisor hop) and run one at a time, in the order they arrive; commands on a
+/// plugin that runs them concurrently (a [`CommandRunner`](crate::CommandRunner), as SSH) run
+/// from the caller's own task instead, up to the plugin's limit at once, while the connection
+/// is open.
 ///
 /// If the connection's actor crashed and was restarted, a call made through an old handle is
 /// sent to the new actor (one extra hop through the supervisor). A handle to a connection that
