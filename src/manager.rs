@@ -19,7 +19,7 @@ use crate::config::{SupervisorConfig, Timeouts};
 use crate::connection::{
     CommandOutput, Connection, ConnectionFactory, ConnectionKey, ResolvedConnectionParams,
 };
-use crate::connection_actor::{ConnectionMessage, Direct, Published, WithJob};
+use crate::connection_actor::{ConnectionMessage, Direct, DirectRoute, Published, WithJob};
 use crate::error::Error;
 use crate::events::{ConnectionStatus, EventDelivery, EventStream, forward_to_actor};
 use crate::supervisor::{ConnectionSupervisor, SupervisorMessage};
@@ -504,16 +504,17 @@ impl ConnectionHandle {
         command: &str,
         timeout: Duration,
     ) -> Result<String, Error> {
-        let started = Instant::now();
-        if let Some(result) = self.run_direct(command, timeout).await {
-            return result.and_then(|output| {
-                output.into_result().map_err(|source| Error::Command {
-                    key: ConnectionKey::clone(&self.key),
-                    source,
-                })
-            });
-        }
-        let timeout = timeout.saturating_sub(started.elapsed());
+        let timeout = match self.run_direct(command, timeout).await {
+            Ok(result) => {
+                return result.and_then(|output| {
+                    output.into_result().map_err(|source| Error::Command {
+                        key: ConnectionKey::clone(&self.key),
+                        source,
+                    })
+                });
+            }
+            Err(remaining) => remaining,
+        };
         self.ask(
             |reply| ConnectionMessage::ExecuteCommand {
                 command: command.to_owned(),
@@ -539,11 +540,10 @@ impl ConnectionHandle {
         command: &str,
         timeout: Duration,
     ) -> Result<CommandOutput, Error> {
-        let started = Instant::now();
-        if let Some(result) = self.run_direct(command, timeout).await {
-            return result;
-        }
-        let timeout = timeout.saturating_sub(started.elapsed());
+        let timeout = match self.run_direct(command, timeout).await {
+            Ok(result) => return result,
+            Err(remaining) => remaining,
+        };
         self.ask(
             |reply| ConnectionMessage::RunCommand {
                 command: command.to_owned(),
@@ -600,21 +600,22 @@ impl ConnectionHandle {
     }
 
     /// Runs `command` on the plugin's concurrent runner without messaging the actor, when the
-    /// actor has published one and its session is up; `None` when the command must go through
-    /// the actor instead (not open, reconnecting, closed, or a plugin without a runner).
+    /// actor has published one and its session is up. Otherwise (not open, reconnecting,
+    /// closed, or a plugin without a runner) the command must go through the actor, within
+    /// what is left of `timeout`, which is returned as the error.
     async fn run_direct(
         &self,
         command: &str,
         timeout: Duration,
-    ) -> Option<Result<CommandOutput, Error>> {
-        let route = self.published.borrow().route.clone()?;
-        if !route.is_usable() {
-            return None;
+    ) -> Result<Result<CommandOutput, Error>, Duration> {
+        let started = Instant::now();
+        let route = self.published.borrow().route.clone();
+        if let Some(route) = route.filter(DirectRoute::is_usable) {
+            if let Direct::Ran(result) = route.run(&self.key, command, timeout).await {
+                return Ok(result);
+            }
         }
-        match route.run(&self.key, command, timeout).await {
-            Direct::Ran(result) => Some(result),
-            Direct::NotStarted => None,
-        }
+        Err(timeout.saturating_sub(started.elapsed()))
     }
 
     /// Sends a request to this connection's actor; if that actor is gone because it crashed,
