@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use connection_supervisor::ssh::{self, HostKeyPolicy, PLUGIN_NAME, SshOptions};
 use connection_supervisor::testing::{
-    DEFAULT_PASSWORD, DEFAULT_USERNAME, SshTestServer, SshTestServerConfig,
+    DEFAULT_PASSWORD, DEFAULT_USERNAME, SshTestServer, SshTestServerConfig, write_known_hosts,
 };
 use connection_supervisor::{
     Backoff, ConnectionHandle, ConnectionKey, ConnectionManager, ConnectionPolicy, EventKind,
@@ -337,7 +337,6 @@ struct Lab {
 impl Lab {
     async fn start(count: usize, dir: &Path) -> Self {
         let mut devices = Vec::with_capacity(count);
-        let mut lines = String::new();
         for i in 0..count {
             let device = SshTestServer::start(SshTestServerConfig {
                 hostname: format!("device-{i:04}"),
@@ -345,12 +344,10 @@ impl Lab {
             })
             .await
             .expect("embedded device");
-            lines.push_str(&device.known_hosts_line().expect("known_hosts line"));
-            lines.push('\n');
             devices.push(device);
         }
         let known_hosts = dir.join("known_hosts");
-        std::fs::write(&known_hosts, lines).expect("known_hosts");
+        write_known_hosts(&known_hosts, &devices).expect("known_hosts");
         Self {
             devices,
             known_hosts,

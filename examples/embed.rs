@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use connection_supervisor::ssh::{self, HostKeyPolicy, PLUGIN_NAME, SshOptions};
 use connection_supervisor::testing::{
-    DEFAULT_PASSWORD, DEFAULT_USERNAME, SshTestServer, SshTestServerConfig,
+    DEFAULT_PASSWORD, DEFAULT_USERNAME, SshTestServer, SshTestServerConfig, write_known_hosts,
 };
 use connection_supervisor::{
     Backoff, ConnectionEvent, ConnectionKey, ConnectionManager, ConnectionPolicy,
@@ -172,20 +172,17 @@ impl Actor for Operator {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn StdError>> {
     let mut devices = Vec::new();
-    let mut known_hosts = String::new();
     for name in ["core-1", "edge-1", "edge-2"] {
         let device = SshTestServer::start(SshTestServerConfig {
             hostname: name.to_owned(),
             ..SshTestServerConfig::default()
         })
         .await?;
-        known_hosts.push_str(&device.known_hosts_line()?);
-        known_hosts.push('\n');
         devices.push((name, device));
     }
     let known_hosts_path: PathBuf =
         std::env::temp_dir().join(format!("cs-embed-{}-known_hosts", std::process::id()));
-    std::fs::write(&known_hosts_path, known_hosts)?;
+    write_known_hosts(&known_hosts_path, devices.iter().map(|(_, device)| device))?;
 
     let config = SupervisorConfig::default()
         .factory(ssh::factory(SshOptions {

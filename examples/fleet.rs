@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use connection_supervisor::ssh::{self, HostKeyPolicy, PLUGIN_NAME, SshOptions};
 use connection_supervisor::testing::{
-    DEFAULT_PASSWORD, DEFAULT_USERNAME, SshTestServer, SshTestServerConfig,
+    DEFAULT_PASSWORD, DEFAULT_USERNAME, SshTestServer, SshTestServerConfig, write_known_hosts,
 };
 use connection_supervisor::{
     Backoff, CommandError, ConnectionCounters, ConnectionHandle, ConnectionKey, ConnectionManager,
@@ -219,7 +219,6 @@ impl Lab {
         let dir = std::env::temp_dir().join(format!("cs-fleet-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let mut devices = Vec::with_capacity(hosts as usize);
-        let mut known_hosts = String::new();
         let mut targets = Vec::with_capacity(hosts as usize);
         for index in 0..hosts {
             let name = format!("device-{index:03}");
@@ -230,11 +229,6 @@ impl Lab {
             })
             .await
             .map_err(|e| format!("starting embedded device {name}: {e}"))?;
-            let line = device
-                .known_hosts_line()
-                .map_err(|e| format!("host key of {name}: {e}"))?;
-            known_hosts.push_str(&line);
-            known_hosts.push('\n');
             targets.push(Target {
                 key: ConnectionKey::new(name, PLUGIN_NAME),
                 params: ResolvedConnectionParams {
@@ -248,7 +242,7 @@ impl Lab {
             devices.push(device);
         }
         let lab = Self { devices, dir };
-        std::fs::write(lab.known_hosts(), known_hosts)
+        write_known_hosts(&lab.known_hosts(), &lab.devices)
             .map_err(|e| format!("{}: {e}", lab.known_hosts().display()))?;
         Ok((lab, targets))
     }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use connection_supervisor::ssh::{self, HostKeyPolicy, PrivateKeySource, SshOptions};
 use connection_supervisor::testing::{
     DEFAULT_PASSWORD, DEFAULT_USERNAME, SshTestServer, SshTestServerConfig, generate_ed25519_key,
+    write_known_hosts,
 };
 use connection_supervisor::{
     Backoff, CommandError, ConnectionKey, ConnectionManager, ConnectionPolicy, ConnectionState,
@@ -40,11 +41,7 @@ async fn device(name: &str) -> SshTestServer {
 
 fn known_hosts(servers: &[&SshTestServer]) -> PathBuf {
     let path = scratch_dir().join("known_hosts");
-    let lines: Vec<String> = servers
-        .iter()
-        .map(|server| server.known_hosts_line().unwrap())
-        .collect();
-    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    write_known_hosts(&path, servers.iter().copied()).unwrap();
     path
 }
 

@@ -26,6 +26,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -76,6 +77,21 @@ pub enum SshTestServerError {
 /// make a client key whose public half goes into [`SshTestServerConfig::authorized_key`].
 pub fn generate_ed25519_key() -> Result<PrivateKey, SshTestServerError> {
     Ok(PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519)?)
+}
+
+/// Writes a known_hosts file at `path` that trusts exactly the host keys of `servers`, one
+/// [`SshTestServer::known_hosts_line`] each, for a client that checks host keys strictly.
+pub fn write_known_hosts<'a>(
+    path: &Path,
+    servers: impl IntoIterator<Item = &'a SshTestServer>,
+) -> Result<(), SshTestServerError> {
+    let mut text = String::new();
+    for server in servers {
+        text.push_str(&server.known_hosts_line()?);
+        text.push('\n');
+    }
+    std::fs::write(path, text)?;
+    Ok(())
 }
 
 /// Settings for [`SshTestServer::start`].
