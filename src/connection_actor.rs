@@ -24,7 +24,7 @@ use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use futures::FutureExt;
@@ -184,9 +184,9 @@ impl WithJob {
 pub(crate) struct Activity {
     epoch: Instant,
     last_used_ms: AtomicU64,
-    busy: AtomicBool,
-    /// Commands running on the plugin's runner, outside the actor's handler.
-    commands: AtomicUsize,
+    /// Requests in progress: the one the actor is handling, and commands running on the
+    /// plugin's runner outside it.
+    in_use: AtomicUsize,
 }
 
 impl Activity {
@@ -194,8 +194,7 @@ impl Activity {
         let activity = Self {
             epoch,
             last_used_ms: AtomicU64::new(0),
-            busy: AtomicBool::new(false),
-            commands: AtomicUsize::new(0),
+            in_use: AtomicUsize::new(0),
         };
         activity.touch();
         activity
@@ -216,23 +215,22 @@ impl Activity {
     }
 
     pub(crate) fn is_busy(&self) -> bool {
-        self.busy.load(Ordering::Relaxed) || self.commands.load(Ordering::Relaxed) > 0
+        self.in_use.load(Ordering::Relaxed) > 0
     }
 
-    /// Marks a command running until the guard drops.
-    fn command(&self) -> CommandInFlight<'_> {
+    /// Stamps a use and counts it in progress until the guard drops.
+    fn use_started(&self) -> InUse<'_> {
         self.touch();
-        self.commands.fetch_add(1, Ordering::Relaxed);
-        CommandInFlight(self)
+        self.in_use.fetch_add(1, Ordering::Relaxed);
+        InUse(self)
     }
 }
 
-struct CommandInFlight<'a>(&'a Activity);
+struct InUse<'a>(&'a Activity);
 
-impl Drop for CommandInFlight<'_> {
+impl Drop for InUse<'_> {
     fn drop(&mut self) {
-        self.0.commands.fetch_sub(1, Ordering::Relaxed);
-        self.0.touch();
+        self.0.in_use.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -414,14 +412,17 @@ impl DirectRoute {
 
     /// Runs one command within `bound` (waiting for a slot included).
     pub(crate) async fn run(&self, key: &ConnectionKey, command: &str, bound: Duration) -> Direct {
-        let _in_flight = self.activity.command();
+        let _in_use = self.activity.use_started();
         let run = async {
             let Ok(_slot) = self.slots.acquire().await else {
                 return None;
             };
             Some(self.runner.run(command).await)
         };
-        let result = match guarded(bound, run).await {
+        let outcome = guarded(bound, run).await;
+        // A long command is use until it ends, not only when it starts.
+        self.activity.touch();
+        let result = match outcome {
             Outcome::Done(None) => return Direct::NotStarted,
             Outcome::Done(Some(Ok(output))) => Ok(output),
             Outcome::Done(Some(Err(source))) => {
@@ -688,16 +689,10 @@ impl Actor for ConnectionActor {
 
 impl ConnectionActorState {
     async fn handle(&mut self, message: ConnectionMessage) -> Result<(), ActorProcessingErr> {
-        let user_request = !matches!(message, ConnectionMessage::Internal(_));
-        if user_request {
-            self.activity.touch();
-            self.activity.busy.store(true, Ordering::Relaxed);
-        }
-        let result = self.dispatch_message(message).await;
-        if user_request {
-            self.activity.busy.store(false, Ordering::Relaxed);
-        }
-        result
+        let activity = self.activity.clone();
+        let _in_use =
+            (!matches!(message, ConnectionMessage::Internal(_))).then(|| activity.use_started());
+        self.dispatch_message(message).await
     }
 
     async fn dispatch_message(
