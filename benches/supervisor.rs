@@ -421,12 +421,8 @@ impl Lab {
         let mut conn = raw_ssh::connect(self.devices[i].addr(), self.check(i))
             .await
             .expect("raw connect");
-        let auth = conn
-            .handle
-            .authenticate_password(DEFAULT_USERNAME, DEFAULT_PASSWORD)
-            .await
-            .expect("raw auth");
-        assert!(auth.success(), "raw login refused");
+        let accepted = raw_ssh::auth_password(&mut conn, DEFAULT_USERNAME, DEFAULT_PASSWORD).await;
+        assert!(accepted, "raw login refused");
         conn
     }
 }

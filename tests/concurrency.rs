@@ -99,7 +99,8 @@ async fn opens_racing_closes_on_the_same_keys_each_get_an_open_connection() {
             let manager = manager.clone();
             tokio::spawn(async move {
                 let host = format!("r{}", i % 20);
-                manager.open_connection(&key(&host), &params(&host)).await
+                let opened = manager.open_connection(&key(&host), &params(&host)).await;
+                (host, opened)
             })
         })
         .collect();
@@ -116,8 +117,13 @@ async fn opens_racing_closes_on_the_same_keys_each_get_an_open_connection() {
     for task in openers {
         // The supervisor hands an open to the connection's actor before any close it routes
         // later, so a racing close never turns an open into an error.
-        let handle = task.await.unwrap().unwrap().expect("a mock key");
-        assert!(handle.key().hostname.starts_with('r'));
+        let (host, opened) = task.await.unwrap();
+        let handle = opened.unwrap().expect("a mock key");
+        assert_eq!(
+            handle.key(),
+            &key(&host),
+            "the handle is for the key asked for"
+        );
     }
     for task in closers {
         task.await.unwrap().unwrap();

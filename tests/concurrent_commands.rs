@@ -78,8 +78,23 @@ async fn hold_the_actor(handle: &ConnectionHandle) -> oneshot::Sender<()> {
             })
             .await;
     });
-    holding_rx.await.expect("the actor runs the job");
+    tokio::time::timeout(WAIT, holding_rx)
+        .await
+        .expect("the actor started the job in time")
+        .expect("the actor runs the job");
     release_tx
+}
+
+/// Returns once a command is running on the plugin (nothing reports that as an event).
+async fn until_a_command_runs(plugin: &FaultPlugin) {
+    let running = async {
+        while get(&plugin.ledger().commands_in_flight) == 0 {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(WAIT, running)
+        .await
+        .expect("a command started in time");
 }
 
 #[tokio::test]
@@ -155,7 +170,8 @@ async fn a_silently_dead_session_is_noticed_before_the_command_and_repaired() {
     finish(manager, &plugin).await;
 }
 
-#[tokio::test(start_paused = true)]
+// Real clock: on a paused one the polling wait would keep the clock from ever reaching its bound.
+#[tokio::test]
 async fn a_command_running_when_the_session_drops_fails_as_lost_and_is_not_rerun() {
     let plugin = FaultPlugin::new("fault");
     let (manager, mut events, handle) = start(&plugin, policy(), "r1", 4).await;
@@ -164,9 +180,7 @@ async fn a_command_running_when_the_session_drops_fails_as_lost_and_is_not_rerun
         tokio::spawn(async move { handle.execute_command("sleep 10000").await })
     };
     // Drop the session once the command is surely running on it.
-    while get(&plugin.ledger().commands_in_flight) == 0 {
-        tokio::task::yield_now().await;
-    }
+    until_a_command_runs(&plugin).await;
     assert_eq!(plugin.drop_sessions("r1"), 1);
     let error = running.await.unwrap().unwrap_err();
     assert!(
@@ -218,9 +232,7 @@ async fn closing_ends_running_commands_and_refuses_those_waiting_for_a_slot() {
         tokio::spawn(async move { handle.execute_command(command).await })
     };
     let running = spawn("sleep 600000");
-    while get(&plugin.ledger().commands_in_flight) == 0 {
-        tokio::task::yield_now().await;
-    }
+    until_a_command_runs(&plugin).await;
     let waiting: Vec<_> = (0..3).map(|_| spawn("echo never")).collect();
 
     manager.close_connection(&plugin.key("r1")).await.unwrap();

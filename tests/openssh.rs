@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 use connection_supervisor::ssh::{self, HostKeyPolicy, PLUGIN_NAME, PrivateKeySource, SshOptions};
 use connection_supervisor::testing::generate_ed25519_key;
 use connection_supervisor::{
-    Backoff, CommandError, CommandOutput, ConnectionKey, ConnectionManager, ConnectionPolicy,
-    ConnectionState, Error, EventKind, EventStream, FailureKind, ResolvedConnectionParams,
-    SupervisorConfig, Timeouts,
+    Backoff, CommandError, CommandOutput, ConnectionCounters, ConnectionKey, ConnectionManager,
+    ConnectionPolicy, ConnectionState, Error, EventKind, EventStream, FailureKind,
+    ResolvedConnectionParams, SupervisorConfig, Timeouts,
 };
 use tokio::sync::{Mutex, MutexGuard};
 
@@ -147,6 +147,12 @@ fn options(host_key_policy: HostKeyPolicy) -> SshOptions {
         host_key_policy,
         ..SshOptions::default()
     }
+}
+
+/// The SSH plugin's counters, which every test here has by the time it asks.
+async fn ssh_counters(manager: &ConnectionManager) -> ConnectionCounters {
+    let counters = manager.connection_counters_for(PLUGIN_NAME).await.unwrap();
+    counters.expect("the ssh plugin created a connection")
 }
 
 fn key() -> ConnectionKey {
@@ -293,11 +299,7 @@ async fn commands_report_stdout_stderr_and_exit_status_with_password_and_key_aut
             "{login}: {error:?}"
         );
 
-        let counters = manager
-            .connection_counters_for("ssh")
-            .await
-            .unwrap()
-            .unwrap();
+        let counters = ssh_counters(&manager).await;
         assert_eq!(
             (counters.open_calls, counters.failed_open_calls),
             (1, 0),
@@ -415,11 +417,7 @@ async fn a_wrong_password_is_an_auth_failure_tried_once() {
     let status = manager.connection_status(&key()).await.unwrap().unwrap();
     assert_eq!(status.state, ConnectionState::Failed, "{status:?}");
     assert_eq!(status.last_error.map(|e| e.kind), Some(FailureKind::Auth));
-    let counters = manager
-        .connection_counters_for("ssh")
-        .await
-        .unwrap()
-        .unwrap();
+    let counters = ssh_counters(&manager).await;
     assert_eq!(
         (counters.open_calls, counters.failed_open_calls),
         (0, 1),
@@ -496,11 +494,7 @@ async fn a_killed_server_is_reported_lost_and_reconnected_when_it_returns() {
         }
     );
 
-    let counters = manager
-        .connection_counters_for("ssh")
-        .await
-        .unwrap()
-        .unwrap();
+    let counters = ssh_counters(&manager).await;
     assert!(counters.losses >= 1, "{counters:?}");
     assert!(counters.reconnects >= 1, "{counters:?}");
     assert!(counters.open_calls >= 2, "{counters:?}");

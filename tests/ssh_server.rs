@@ -45,18 +45,8 @@ async fn password_auth_ok_and_wrong_password_rejected() {
     let mut conn = connect(server.addr(), HostKeyCheck::AcceptAny)
         .await
         .unwrap();
-    let auth = conn
-        .handle
-        .authenticate_password(DEFAULT_USERNAME, "wrong")
-        .await
-        .unwrap();
-    assert!(!auth.success());
-    let auth = conn
-        .handle
-        .authenticate_password("nobody", DEFAULT_PASSWORD)
-        .await
-        .unwrap();
-    assert!(!auth.success());
+    assert!(!auth_password(&mut conn, DEFAULT_USERNAME, "wrong").await);
+    assert!(!auth_password(&mut conn, "nobody", DEFAULT_PASSWORD).await);
     assert_eq!(server.auth_attempts(), 3);
 }
 
@@ -84,12 +74,7 @@ async fn public_key_auth() {
         "wrong user accepted"
     );
     // Password logins are off when no password is configured.
-    let auth = conn
-        .handle
-        .authenticate_password(DEFAULT_USERNAME, DEFAULT_PASSWORD)
-        .await
-        .unwrap();
-    assert!(!auth.success());
+    assert!(!auth_password(&mut conn, DEFAULT_USERNAME, DEFAULT_PASSWORD).await);
     assert!(
         auth_key(&mut conn, DEFAULT_USERNAME, &client_key).await,
         "authorized key refused"
@@ -110,32 +95,17 @@ async fn reject_auth_refuses_good_credentials_until_cleared() {
     let mut conn = connect(server.addr(), HostKeyCheck::AcceptAny)
         .await
         .unwrap();
-    let auth = conn
-        .handle
-        .authenticate_password(DEFAULT_USERNAME, DEFAULT_PASSWORD)
-        .await
-        .unwrap();
-    assert!(!auth.success());
+    assert!(!auth_password(&mut conn, DEFAULT_USERNAME, DEFAULT_PASSWORD).await);
     assert_eq!(server.auth_attempts(), 1, "the client retried on its own");
 
     server.set_reject_auth(false);
-    let auth = conn
-        .handle
-        .authenticate_password(DEFAULT_USERNAME, DEFAULT_PASSWORD)
-        .await
-        .unwrap();
-    assert!(auth.success());
+    assert!(auth_password(&mut conn, DEFAULT_USERNAME, DEFAULT_PASSWORD).await);
 
     server.set_reject_auth(true);
     let mut conn = connect(server.addr(), HostKeyCheck::AcceptAny)
         .await
         .unwrap();
-    let auth = conn
-        .handle
-        .authenticate_password(DEFAULT_USERNAME, DEFAULT_PASSWORD)
-        .await
-        .unwrap();
-    assert!(!auth.success());
+    assert!(!auth_password(&mut conn, DEFAULT_USERNAME, DEFAULT_PASSWORD).await);
     assert_eq!(server.auth_attempts(), 3);
 }
 
@@ -303,13 +273,7 @@ async fn stop_then_restart_on_same_port_with_same_host_key() {
     server.restart().await.unwrap();
     assert_eq!(server.port(), port);
     let mut conn = connect(server.addr(), strict.clone()).await.unwrap();
-    assert!(
-        conn.handle
-            .authenticate_password(DEFAULT_USERNAME, DEFAULT_PASSWORD)
-            .await
-            .unwrap()
-            .success()
-    );
+    assert!(auth_password(&mut conn, DEFAULT_USERNAME, DEFAULT_PASSWORD).await);
     assert_eq!(exec(&conn.handle, "hostname").await.stdout, "device\n");
 
     // Restarting a running server drops its sessions too.

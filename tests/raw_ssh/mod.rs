@@ -94,13 +94,20 @@ pub async fn connect(addr: SocketAddr, check: HostKeyCheck) -> Result<Connection
 
 pub async fn login_password(addr: SocketAddr, user: &str, password: &str) -> Connection {
     let mut conn = connect(addr, HostKeyCheck::AcceptAny).await.unwrap();
-    let auth = conn
-        .handle
+    assert!(
+        auth_password(&mut conn, user, password).await,
+        "password login as {user} failed"
+    );
+    conn
+}
+
+/// Whether the server accepted `user` with `password` on this connection.
+pub async fn auth_password(conn: &mut Connection, user: &str, password: &str) -> bool {
+    conn.handle
         .authenticate_password(user, password)
         .await
-        .unwrap();
-    assert!(auth.success(), "password login as {user} failed");
-    conn
+        .unwrap()
+        .success()
 }
 
 pub async fn auth_key(conn: &mut Connection, user: &str, key: &PrivateKey) -> bool {
