@@ -11,9 +11,6 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ractor::ActorRef;
-
-use crate::connection_actor::{ConnectionMessage, Tick, TickKind};
 
 /// Identifies one pooled connection: the host it talks to and the plugin that talks to it.
 ///
@@ -343,32 +340,33 @@ pub trait Connection: Any + Send {
 /// Lets a plugin report that its session ended, from any task, at any time.
 ///
 /// Each notifier belongs to one open: a report from a session that was already replaced is
-/// ignored, so a late callback from an old session cannot tear down the new one.
+/// ignored, so a late callback from an old session cannot tear down the new one. The supervisor
+/// builds one before every open and hands it over through [`Connection::set_loss_notifier`]; a
+/// plugin's own unit tests can build one around any closure with [`LossNotifier::new`].
 #[derive(Clone)]
 pub struct LossNotifier {
-    pub(crate) actor: ActorRef<ConnectionMessage>,
-    pub(crate) generation: u64,
+    report: Arc<dyn Fn(String) + Send + Sync>,
 }
 
 impl LossNotifier {
+    /// A notifier that hands each reported reason to `report`. `report` must be cheap and must
+    /// not block: plugins call it from their I/O tasks.
+    pub fn new(report: impl Fn(String) + Send + Sync + 'static) -> Self {
+        Self {
+            report: Arc::new(report),
+        }
+    }
+
     /// Reports the loss; `reason` says what was seen and must not contain secrets. Cheap and
     /// non-blocking; reporting twice is harmless.
     pub fn connection_lost(&self, reason: impl Into<String>) {
-        let _ = self
-            .actor
-            .cast(ConnectionMessage::Internal(Tick(TickKind::Lost {
-                generation: self.generation,
-                reason: reason.into(),
-            })));
+        (self.report)(reason.into());
     }
 }
 
 impl fmt::Debug for LossNotifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LossNotifier")
-            .field("actor", &self.actor.get_id())
-            .field("generation", &self.generation)
-            .finish()
+        f.debug_struct("LossNotifier").finish_non_exhaustive()
     }
 }
 

@@ -1040,10 +1040,12 @@ impl ConnectionActorState {
             return OpenAttempt::Failed(self.unavailable(), failure);
         };
         self.session += 1;
-        self.connection.set_loss_notifier(LossNotifier {
-            actor: self.myself.clone(),
-            generation: self.session,
-        });
+        let (actor, generation) = (self.myself.clone(), self.session);
+        self.connection
+            .set_loss_notifier(LossNotifier::new(move |reason: String| {
+                let lost = TickKind::Lost { generation, reason };
+                let _ = actor.cast(ConnectionMessage::Internal(Tick(lost)));
+            }));
         let bound = timeout.unwrap_or(self.policy.timeouts.open);
         let slots = self.open_slots.clone();
         let connection = &mut self.connection;
