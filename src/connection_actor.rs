@@ -41,11 +41,10 @@ use crate::connection::{
     LossNotifier, ResolvedConnectionParams,
 };
 use crate::error::Error;
-use crate::events::{
-    CloseReason, ConnectionState, ConnectionStatus, EventBus, EventKind, FailureInfo,
-};
+use crate::events::{CloseReason, EventBus, EventKind};
 use crate::manager::ConnectionHandle;
 use crate::panic_message;
+use crate::status::{ConnectionState, ConnectionStatus, FailureInfo};
 use crate::supervisor::{GetOrCreateReply, Report, ReportKind, SupervisorMessage};
 
 /// Everything a connection actor can be asked. A [`ConnectionHandle`](crate::ConnectionHandle)

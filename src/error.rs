@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::connection::{CommandError, ConnectionKey, FailureKind, OpenError};
-use crate::events::{ConnectionState, FailureInfo};
+use crate::status::{ConnectionState, FailureInfo};
 
 /// What went wrong with a call to the supervisor or to a connection.
 ///

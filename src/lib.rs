@@ -66,6 +66,7 @@ mod events;
 mod manager;
 #[cfg(feature = "ssh")]
 pub mod ssh;
+mod status;
 mod supervisor;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -80,11 +81,9 @@ pub use connection_actor::{
     WithJob,
 };
 pub use error::Error;
-pub use events::{
-    CloseReason, ConnectionEvent, ConnectionState, ConnectionStatus, EventDelivery, EventKind,
-    EventStream, FailureInfo,
-};
-pub use manager::{ConnectionCounters, ConnectionHandle, ConnectionManager};
+pub use events::{CloseReason, ConnectionEvent, EventDelivery, EventKind, EventStream};
+pub use manager::{ConnectionHandle, ConnectionManager};
+pub use status::{ConnectionCounters, ConnectionState, ConnectionStatus, FailureInfo};
 pub use supervisor::{
     ConnectionSupervisor, GetOrCreateReply, Report, SupervisorMessage, SupervisorState,
 };

@@ -21,33 +21,9 @@ use crate::connection::{
 };
 use crate::connection_actor::{ConnectionMessage, Direct, DirectRoute, Published, WithJob};
 use crate::error::Error;
-use crate::events::{ConnectionStatus, EventDelivery, EventStream, forward_to_actor};
+use crate::events::{EventDelivery, EventStream, forward_to_actor};
+use crate::status::{ConnectionCounters, ConnectionStatus};
 use crate::supervisor::{ConnectionSupervisor, SupervisorMessage};
-
-/// Per-plugin counts of lifecycle calls, as upstream genja keeps them, plus what supervision
-/// adds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ConnectionCounters {
-    /// Connections the factory made (it returned `Some`), restarts included.
-    pub create_calls: usize,
-    /// Opens that ran because the connection was not alive, and succeeded (reconnects
-    /// included).
-    pub open_calls: usize,
-    /// Closes of pooled connections, opened or not.
-    pub close_calls: usize,
-    /// Open attempts that failed (error or timeout), reconnect attempts included.
-    pub failed_open_calls: usize,
-    /// Open connections that were lost.
-    pub losses: usize,
-    /// Successful reopens of lost (or restarted) connections.
-    pub reconnects: usize,
-    /// Connection actors that failed (a plugin panicked), whether pooled or already closing.
-    pub crashes: usize,
-    /// Pooled connection actors restarted after a crash.
-    pub restarts: usize,
-    /// Keys quarantined after crashing too often.
-    pub quarantines: usize,
-}
 
 /// How a request to an actor ended.
 enum Delivery<T> {

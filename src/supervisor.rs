@@ -25,12 +25,10 @@ use crate::connection_actor::{
     Activity, ConnectionActor, ConnectionArgs, ConnectionMessage, Published, RoutedOpen,
 };
 use crate::error::Error;
-use crate::events::{
-    CloseReason, ConnectionEvent, ConnectionState, ConnectionStatus, EventBus, EventKind,
-    FailureInfo,
-};
-use crate::manager::{ConnectionCounters, ConnectionHandle};
+use crate::events::{CloseReason, ConnectionEvent, EventBus, EventKind};
+use crate::manager::ConnectionHandle;
 use crate::panic_message;
+use crate::status::{ConnectionCounters, ConnectionState, ConnectionStatus, FailureInfo};
 
 /// The answer to a get-or-create: the pooled connection, `None` when the factory has no plugin
 /// for the key, or an error.
