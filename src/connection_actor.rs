@@ -20,14 +20,10 @@
 use std::any::Any;
 use std::collections::VecDeque;
 use std::fmt;
-use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
-use futures::FutureExt;
 use futures::future::BoxFuture;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::{Semaphore, watch};
@@ -37,13 +33,14 @@ use tracing::{Instrument, debug, info, warn};
 
 use crate::config::ConnectionPolicy;
 use crate::connection::{
-    CommandError, CommandOutput, CommandRunner, Connection, ConnectionKey, FailureKind,
-    LossNotifier, ResolvedConnectionParams,
+    CommandError, CommandOutput, Connection, ConnectionKey, FailureKind, LossNotifier,
+    ResolvedConnectionParams,
 };
 use crate::error::Error;
 use crate::events::{CloseReason, EventBus, EventKind};
+use crate::guard::{Outcome, guarded, sync_guarded};
 use crate::manager::ConnectionHandle;
-use crate::panic_message;
+use crate::shared::{Activity, Direct, DirectRoute, Published, RouteNotice};
 use crate::status::{ConnectionState, ConnectionStatus, FailureInfo};
 use crate::supervisor::{GetOrCreateReply, Report, ReportKind, SupervisorMessage};
 
@@ -173,63 +170,6 @@ impl WithJob {
                 }))
             }),
         }
-    }
-}
-
-/// When a connection was last asked for something and whether it is busy: written by its
-/// actor, read by the supervisor to pick the least recently used idle connection at a limit.
-/// Atomics, not a lock: one writer, an occasional reader, and a stale read is harmless.
-#[derive(Debug)]
-pub(crate) struct Activity {
-    epoch: Instant,
-    last_used_ms: AtomicU64,
-    /// Requests in progress: the one the actor is handling, and commands running on the
-    /// plugin's runner outside it.
-    in_use: AtomicUsize,
-}
-
-impl Activity {
-    pub(crate) fn new(epoch: Instant) -> Self {
-        let activity = Self {
-            epoch,
-            last_used_ms: AtomicU64::new(0),
-            in_use: AtomicUsize::new(0),
-        };
-        activity.touch();
-        activity
-    }
-
-    fn touch(&self) {
-        let now = self.epoch.elapsed().as_millis() as u64;
-        self.last_used_ms.store(now, Ordering::Relaxed);
-    }
-
-    pub(crate) fn last_used_ms(&self) -> u64 {
-        self.last_used_ms.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn idle_for(&self) -> Duration {
-        let now = self.epoch.elapsed().as_millis() as u64;
-        Duration::from_millis(now.saturating_sub(self.last_used_ms()))
-    }
-
-    pub(crate) fn is_busy(&self) -> bool {
-        self.in_use.load(Ordering::Relaxed) > 0
-    }
-
-    /// Stamps a use and counts it in progress until the guard drops.
-    fn use_started(&self) -> InUse<'_> {
-        self.touch();
-        self.in_use.fetch_add(1, Ordering::Relaxed);
-        InUse(self)
-    }
-}
-
-struct InUse<'a>(&'a Activity);
-
-impl Drop for InUse<'_> {
-    fn drop(&mut self) {
-        self.0.in_use.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -376,105 +316,6 @@ impl Request {
     }
 }
 
-/// A plugin's concurrent command runner while its session is up, with what bounds and reports
-/// the commands run on it.
-///
-/// The actor publishes it to the connection's handles, which run commands on it directly, on
-/// the caller's own task: no message to the actor and no task per command, so a command costs
-/// what the plugin's runner costs plus a slot, a timeout and a panic guard. The actor stays
-/// the one that changes state: a command that finds the session lost or sees its plugin panic
-/// tells the actor, which moves the state. The route is withdrawn, and its slots closed, the
-/// moment the session is lost or the connection closes.
-#[derive(Clone)]
-pub(crate) struct DirectRoute {
-    runner: Arc<dyn CommandRunner>,
-    /// At most the plugin's limit of commands at once.
-    slots: Arc<Semaphore>,
-    activity: Arc<Activity>,
-    actor: ActorRef<ConnectionMessage>,
-}
-
-/// How a command sent down a [`DirectRoute`] ended.
-pub(crate) enum Direct {
-    /// It ran, well or not.
-    Ran(Result<CommandOutput, Error>),
-    /// The route was withdrawn before the command got a slot: it never reached the plugin, so
-    /// it can safely go to the actor instead (which parks it during a reconnect).
-    NotStarted,
-}
-
-impl DirectRoute {
-    /// Whether a command sent now would reach a live session.
-    pub(crate) fn is_usable(&self) -> bool {
-        !self.slots.is_closed() && matches!(sync_guarded(|| self.runner.is_alive()), Ok(true))
-    }
-
-    /// Runs one command within `bound` (waiting for a slot included).
-    pub(crate) async fn run(&self, key: &ConnectionKey, command: &str, bound: Duration) -> Direct {
-        let _in_use = self.activity.use_started();
-        let run = async {
-            let Ok(_slot) = self.slots.acquire().await else {
-                return None;
-            };
-            Some(self.runner.run(command).await)
-        };
-        let outcome = guarded(bound, run).await;
-        // A long command is use until it ends, not only when it starts.
-        self.activity.touch();
-        let result = match outcome {
-            Outcome::Done(None) => return Direct::NotStarted,
-            Outcome::Done(Some(Ok(output))) => Ok(output),
-            Outcome::Done(Some(Err(source))) => {
-                if matches!(source, CommandError::ConnectionLost(_)) {
-                    self.tell(TickKind::CheckAlive);
-                }
-                Err(Error::Command {
-                    key: key.clone(),
-                    source,
-                })
-            }
-            Outcome::TimedOut(after) => Err(Error::Timeout {
-                operation: "execute_command",
-                target: key.to_string(),
-                after,
-            }),
-            Outcome::Panicked(message) => {
-                let error = Error::PluginPanicked {
-                    key: key.clone(),
-                    operation: "execute_command",
-                    message,
-                };
-                self.tell(TickKind::CommandPanicked {
-                    error: error.clone(),
-                });
-                Err(error)
-            }
-        };
-        Direct::Ran(result)
-    }
-
-    fn tell(&self, tick: TickKind) {
-        let _ = self.actor.cast(ConnectionMessage::Internal(Tick(tick)));
-    }
-}
-
-/// What a connection's handles read without messaging its actor. One `watch` channel for both,
-/// since each channel costs about 600 bytes per connection.
-#[derive(Clone)]
-pub(crate) struct Published {
-    pub(crate) status: ConnectionStatus,
-    pub(crate) route: Option<DirectRoute>,
-}
-
-impl Published {
-    pub(crate) fn new() -> Self {
-        Self {
-            status: ConnectionStatus::new(ConnectionState::Created),
-            route: None,
-        }
-    }
-}
-
 /// The actor's end of the [`Published`] channel. Withdraws the route when dropped, so a route
 /// never outlives its actor, however the actor ends.
 struct Publisher {
@@ -491,7 +332,7 @@ impl Publisher {
     fn route(&mut self, route: Option<DirectRoute>) {
         if let Some(old) = self.route.take() {
             // Commands still waiting for a slot of the old session go to the actor instead.
-            old.slots.close();
+            old.withdraw();
         }
         self.route = route.clone();
         self.tx.send_modify(|published| published.route = route);
@@ -575,31 +416,12 @@ pub struct ConnectionActorState {
     span: tracing::Span,
 }
 
-/// How a guarded plugin call ended: it returned, it ran out of time, or it panicked.
-enum Outcome<T> {
-    Done(T),
-    TimedOut(Duration),
-    Panicked(String),
-}
-
-async fn guarded<T>(bound: Duration, call: impl Future<Output = T>) -> Outcome<T> {
-    match tokio::time::timeout(bound, AssertUnwindSafe(call).catch_unwind()).await {
-        Ok(Ok(value)) => Outcome::Done(value),
-        Ok(Err(payload)) => Outcome::Panicked(panic_message(payload.as_ref())),
-        Err(_) => Outcome::TimedOut(bound),
-    }
-}
-
 /// The error to crash with, if the plugin panicked.
 fn panic_in<T>(result: &Result<T, Error>) -> Option<Error> {
     match result {
         Err(error @ Error::PluginPanicked { .. }) => Some(error.clone()),
         _ => None,
     }
-}
-
-fn sync_guarded<T>(call: impl FnOnce() -> T) -> Result<T, String> {
-    std::panic::catch_unwind(AssertUnwindSafe(call)).map_err(|p| panic_message(p.as_ref()))
 }
 
 /// How an open attempt ended.
@@ -933,11 +755,12 @@ impl ConnectionActorState {
     ) {
         while self.commands.try_join_next().is_some() {}
         let key = self.key.clone();
+        let actor = self.myself.clone();
         self.commands.spawn(async move {
             match route.run(&key, &command, bound).await {
                 Direct::Ran(result) => reply.send(&key, result),
                 // Lost before it started: back to the actor, which parks it for the reconnect.
-                Direct::NotStarted => reply.resend(&route.actor, command, bound),
+                Direct::NotStarted => reply.resend(&actor, command, bound),
             }
         });
     }
@@ -1080,12 +903,21 @@ impl ConnectionActorState {
 
     fn opened(&mut self, reconnect: bool) {
         let route = match sync_guarded(|| self.connection.command_runner()) {
-            Ok(Some((runner, limit))) => Some(DirectRoute {
-                runner,
-                slots: Arc::new(Semaphore::new(limit.max(1))),
-                activity: self.activity.clone(),
-                actor: self.myself.clone(),
-            }),
+            Ok(Some((runner, limit))) => {
+                let actor = self.myself.clone();
+                Some(DirectRoute::new(
+                    runner,
+                    limit,
+                    self.activity.clone(),
+                    move |notice| {
+                        let tick = match notice {
+                            RouteNotice::CheckAlive => TickKind::CheckAlive,
+                            RouteNotice::Panicked(error) => TickKind::CommandPanicked { error },
+                        };
+                        let _ = actor.cast(ConnectionMessage::Internal(Tick(tick)));
+                    },
+                ))
+            }
             Ok(None) => None,
             Err(message) => {
                 warn!(%message, "plugin panicked in command_runner; running commands one at a time");

@@ -63,7 +63,9 @@ pub mod connection;
 mod connection_actor;
 mod error;
 mod events;
+mod guard;
 mod manager;
+mod shared;
 #[cfg(feature = "ssh")]
 pub mod ssh;
 mod status;
@@ -87,17 +89,6 @@ pub use status::{ConnectionCounters, ConnectionState, ConnectionStatus, FailureI
 pub use supervisor::{
     ConnectionSupervisor, GetOrCreateReply, Report, SupervisorMessage, SupervisorState,
 };
-
-/// The text of a caught panic, for error messages.
-pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(text) = payload.downcast_ref::<&'static str>() {
-        (*text).to_owned()
-    } else if let Some(text) = payload.downcast_ref::<String>() {
-        text.clone()
-    } else {
-        "a panic with a non-string payload".to_owned()
-    }
-}
 
 /// Compiles the README's examples as doctests, so they cannot drift from the API.
 #[cfg(doctest)]

@@ -19,9 +19,10 @@ use crate::config::{SupervisorConfig, Timeouts};
 use crate::connection::{
     CommandOutput, Connection, ConnectionFactory, ConnectionKey, ResolvedConnectionParams,
 };
-use crate::connection_actor::{ConnectionMessage, Direct, DirectRoute, Published, WithJob};
+use crate::connection_actor::{ConnectionMessage, WithJob};
 use crate::error::Error;
 use crate::events::{EventDelivery, EventStream, forward_to_actor};
+use crate::shared::{Direct, DirectRoute, Published};
 use crate::status::{ConnectionCounters, ConnectionStatus};
 use crate::supervisor::{ConnectionSupervisor, SupervisorMessage};
 

@@ -21,13 +21,12 @@ use tracing::{debug, error, warn};
 
 use crate::config::{AtLimit, SupervisorConfig, Timeouts};
 use crate::connection::{Connection, ConnectionFactory, ConnectionKey, ResolvedConnectionParams};
-use crate::connection_actor::{
-    Activity, ConnectionActor, ConnectionArgs, ConnectionMessage, Published, RoutedOpen,
-};
+use crate::connection_actor::{ConnectionActor, ConnectionArgs, ConnectionMessage, RoutedOpen};
 use crate::error::Error;
 use crate::events::{CloseReason, ConnectionEvent, EventBus, EventKind};
+use crate::guard::panic_message;
 use crate::manager::ConnectionHandle;
-use crate::panic_message;
+use crate::shared::{Activity, Published};
 use crate::status::{ConnectionCounters, ConnectionState, ConnectionStatus, FailureInfo};
 
 /// The answer to a get-or-create: the pooled connection, `None` when the factory has no plugin

@@ -1,0 +1,205 @@
+//! Everything that is shared between tasks instead of owned by one actor, and why.
+//!
+//! Actors own their state; these are the exceptions, each written by one party:
+//!
+//! - [`Activity`]: atomics written by a connection's actor and by the commands running on its
+//!   direct route, read by the supervisor to pick an idle connection to evict. A stale read
+//!   costs at worst a less-than-ideal eviction choice.
+//! - [`DirectRoute`]: the plugin's concurrent runner and a semaphore of its command slots,
+//!   published by the connection's actor while the session is up, used by every handle to run
+//!   commands from the caller's own task. Only the actor publishes or withdraws it; a command
+//!   that sees the session fail tells the actor through a callback and changes nothing itself.
+//! - [`Published`]: the `watch` value through which the actor publishes its status and the
+//!   route. The actor is its only writer.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::connection::{CommandError, CommandOutput, CommandRunner, ConnectionKey};
+use crate::error::Error;
+use crate::guard::{Outcome, guarded, sync_guarded};
+use crate::status::{ConnectionState, ConnectionStatus};
+
+/// When a connection was last asked for something and whether it is busy: written by its
+/// actor, read by the supervisor to pick the least recently used idle connection at a limit.
+/// Atomics, not a lock: one writer, an occasional reader, and a stale read is harmless.
+#[derive(Debug)]
+pub(crate) struct Activity {
+    epoch: Instant,
+    last_used_ms: AtomicU64,
+    /// Requests in progress: the one the actor is handling, and commands running on the
+    /// plugin's runner outside it.
+    in_use: AtomicUsize,
+}
+
+impl Activity {
+    pub(crate) fn new(epoch: Instant) -> Self {
+        let activity = Self {
+            epoch,
+            last_used_ms: AtomicU64::new(0),
+            in_use: AtomicUsize::new(0),
+        };
+        activity.touch();
+        activity
+    }
+
+    pub(crate) fn touch(&self) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.last_used_ms.store(now, Ordering::Relaxed);
+    }
+
+    pub(crate) fn last_used_ms(&self) -> u64 {
+        self.last_used_ms.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn idle_for(&self) -> Duration {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_used_ms()))
+    }
+
+    pub(crate) fn is_busy(&self) -> bool {
+        self.in_use.load(Ordering::Relaxed) > 0
+    }
+
+    /// Stamps a use and counts it in progress until the guard drops.
+    pub(crate) fn use_started(&self) -> InUse<'_> {
+        self.touch();
+        self.in_use.fetch_add(1, Ordering::Relaxed);
+        InUse(self)
+    }
+}
+
+pub(crate) struct InUse<'a>(&'a Activity);
+
+impl Drop for InUse<'_> {
+    fn drop(&mut self) {
+        self.0.in_use.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A plugin's concurrent command runner while its session is up, with what bounds and reports
+/// the commands run on it.
+///
+/// The actor publishes it to the connection's handles, which run commands on it directly, on
+/// the caller's own task: no message to the actor and no task per command, so a command costs
+/// what the plugin's runner costs plus a slot, a timeout and a panic guard. The actor stays
+/// the one that changes state: a command that finds the session lost or sees its plugin panic
+/// tells the actor, which moves the state. The route is withdrawn, and its slots closed, the
+/// moment the session is lost or the connection closes.
+#[derive(Clone)]
+pub(crate) struct DirectRoute {
+    runner: Arc<dyn CommandRunner>,
+    /// At most the plugin's limit of commands at once.
+    slots: Arc<Semaphore>,
+    activity: Arc<Activity>,
+    /// How a command tells the actor what it saw; the actor decides what it means.
+    notify: Arc<dyn Fn(RouteNotice) + Send + Sync>,
+}
+
+/// What a command on a [`DirectRoute`] tells the connection's actor.
+pub(crate) enum RouteNotice {
+    /// The command failed as if the session was lost: check it.
+    CheckAlive,
+    /// The plugin panicked under the command: crash like any plugin panic.
+    Panicked(Error),
+}
+
+/// How a command sent down a [`DirectRoute`] ended.
+pub(crate) enum Direct {
+    /// It ran, well or not.
+    Ran(Result<CommandOutput, Error>),
+    /// The route was withdrawn before the command got a slot: it never reached the plugin, so
+    /// it can safely go to the actor instead (which parks it during a reconnect).
+    NotStarted,
+}
+
+impl DirectRoute {
+    /// A route over `runner` with `limit` command slots (at least one).
+    pub(crate) fn new(
+        runner: Arc<dyn CommandRunner>,
+        limit: usize,
+        activity: Arc<Activity>,
+        notify: impl Fn(RouteNotice) + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            runner,
+            slots: Arc::new(Semaphore::new(limit.max(1))),
+            activity,
+            notify: Arc::new(notify),
+        }
+    }
+
+    /// Closes the slots: commands still waiting for one come back as
+    /// [`Direct::NotStarted`] and go to the actor instead.
+    pub(crate) fn withdraw(&self) {
+        self.slots.close();
+    }
+
+    /// Whether a command sent now would reach a live session.
+    pub(crate) fn is_usable(&self) -> bool {
+        !self.slots.is_closed() && matches!(sync_guarded(|| self.runner.is_alive()), Ok(true))
+    }
+
+    /// Runs one command within `bound` (waiting for a slot included).
+    pub(crate) async fn run(&self, key: &ConnectionKey, command: &str, bound: Duration) -> Direct {
+        let _in_use = self.activity.use_started();
+        let run = async {
+            let Ok(_slot) = self.slots.acquire().await else {
+                return None;
+            };
+            Some(self.runner.run(command).await)
+        };
+        let outcome = guarded(bound, run).await;
+        // A long command is use until it ends, not only when it starts.
+        self.activity.touch();
+        let result = match outcome {
+            Outcome::Done(None) => return Direct::NotStarted,
+            Outcome::Done(Some(Ok(output))) => Ok(output),
+            Outcome::Done(Some(Err(source))) => {
+                if matches!(source, CommandError::ConnectionLost(_)) {
+                    (self.notify)(RouteNotice::CheckAlive);
+                }
+                Err(Error::Command {
+                    key: key.clone(),
+                    source,
+                })
+            }
+            Outcome::TimedOut(after) => Err(Error::Timeout {
+                operation: "execute_command",
+                target: key.to_string(),
+                after,
+            }),
+            Outcome::Panicked(message) => {
+                let error = Error::PluginPanicked {
+                    key: key.clone(),
+                    operation: "execute_command",
+                    message,
+                };
+                (self.notify)(RouteNotice::Panicked(error.clone()));
+                Err(error)
+            }
+        };
+        Direct::Ran(result)
+    }
+}
+
+/// What a connection's handles read without messaging its actor. One `watch` channel for both,
+/// since each channel costs about 600 bytes per connection.
+#[derive(Clone)]
+pub(crate) struct Published {
+    pub(crate) status: ConnectionStatus,
+    pub(crate) route: Option<DirectRoute>,
+}
+
+impl Published {
+    pub(crate) fn new() -> Self {
+        Self {
+            status: ConnectionStatus::new(ConnectionState::Created),
+            route: None,
+        }
+    }
+}
