@@ -58,37 +58,31 @@
 
 #![deny(missing_docs, missing_debug_implementations)]
 
+mod client;
 mod config;
 pub mod connection;
-mod connection_actor;
 mod error;
 mod events;
 mod guard;
-mod manager;
+pub mod runtime;
 mod shared;
 #[cfg(feature = "ssh")]
 pub mod ssh;
 mod status;
-mod supervisor;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use client::ConnectionManager;
 pub use config::{AtLimit, Backoff, ConnectionPolicy, RestartPolicy, SupervisorConfig, Timeouts};
 pub use connection::{
     CommandError, CommandOutput, CommandRunner, Connection, ConnectionFactory, ConnectionKey,
     Extras, FailureKind, LossNotifier, OpenError, ResolvedConnectionParams,
 };
-pub use connection_actor::{
-    ConnectionActor, ConnectionActorState, ConnectionArgs, ConnectionMessage, RoutedOpen, Tick,
-    WithJob,
-};
 pub use error::Error;
 pub use events::{CloseReason, ConnectionEvent, EventDelivery, EventKind, EventStream};
-pub use manager::{ConnectionHandle, ConnectionManager};
+pub use runtime::messages::ConnectionHandle;
+pub use runtime::{ConnectionActor, ConnectionMessage, ConnectionSupervisor, SupervisorMessage};
 pub use status::{ConnectionCounters, ConnectionState, ConnectionStatus, FailureInfo};
-pub use supervisor::{
-    ConnectionSupervisor, GetOrCreateReply, Report, SupervisorMessage, SupervisorState,
-};
 
 /// Compiles the README's examples as doctests, so they cannot drift from the API.
 #[cfg(doctest)]

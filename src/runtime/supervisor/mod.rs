@@ -15,160 +15,22 @@ use std::time::SystemTime;
 
 use futures::future::join_all;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use tokio::sync::{Semaphore, broadcast, watch};
+use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 use tracing::{debug, error, warn};
 
-use crate::config::{AtLimit, SupervisorConfig, Timeouts};
+use crate::config::{AtLimit, SupervisorConfig};
 use crate::connection::{Connection, ConnectionFactory, ConnectionKey, ResolvedConnectionParams};
-use crate::connection_actor::{ConnectionActor, ConnectionArgs, ConnectionMessage, RoutedOpen};
 use crate::error::Error;
-use crate::events::{CloseReason, ConnectionEvent, EventBus, EventKind};
+use crate::events::{CloseReason, EventBus, EventKind};
 use crate::guard::panic_message;
-use crate::manager::ConnectionHandle;
+use crate::runtime::connection::{ConnectionActor, ConnectionArgs};
+use crate::runtime::internal::{Report, ReportKind};
+use crate::runtime::messages::{
+    ConnectionHandle, ConnectionMessage, GetOrCreateReply, RoutedOpen, SupervisorMessage,
+};
 use crate::shared::{Activity, Published};
 use crate::status::{ConnectionCounters, ConnectionState, ConnectionStatus, FailureInfo};
-
-/// The answer to a get-or-create: the pooled connection, `None` when the factory has no plugin
-/// for the key, or an error.
-pub type GetOrCreateReply = Result<Option<ConnectionHandle>, Error>;
-
-/// Everything the supervisor can be asked. Send these with ractor's `call!`/`cast!` when you
-/// embed the supervisor in your own actor tree; [`ConnectionManager`](crate::ConnectionManager)
-/// is a typed wrapper over exactly these messages.
-pub enum SupervisorMessage {
-    /// Returns the pooled connection for `key`, creating it through the factory when there is
-    /// none. Concurrent requests for one key share one creation.
-    GetOrCreate {
-        /// The connection wanted.
-        key: ConnectionKey,
-        /// Where the answer goes.
-        reply: RpcReplyPort<GetOrCreateReply>,
-    },
-    /// Like `GetOrCreate`, then opens the connection with `params` unless it is already alive,
-    /// and answers with the handle once it is open (or with the open's error). The supervisor
-    /// forwards the request, reply port included, to the connection's actor and does not wait
-    /// for the open: one message to the supervisor, one to the actor, one answer.
-    OpenConnection {
-        /// The connection wanted.
-        key: ConnectionKey,
-        /// What to open it with.
-        params: ResolvedConnectionParams,
-        /// Where the answer goes. `Err(Closed)` means the connection was closed while the
-        /// request was on its way: ask again for a new one.
-        reply: RpcReplyPort<GetOrCreateReply>,
-    },
-    /// Finds the current actor of a connection whose actor was restarted; never creates.
-    /// Handles send this themselves when their actor is gone.
-    Resolve {
-        /// The connection.
-        key: ConnectionKey,
-        /// Which line of restarts the caller's handle belongs to.
-        lineage: u64,
-        /// The current handle, or `Closed` if that connection was closed meanwhile.
-        reply: RpcReplyPort<GetOrCreateReply>,
-    },
-    /// Closes the connection for `key` and removes it from the pool. Answers once the plugin's
-    /// `close` has returned (or its close timeout has passed). An unknown key answers at once.
-    CloseConnection {
-        /// The connection to close.
-        key: ConnectionKey,
-        /// Answered when the close is done.
-        reply: RpcReplyPort<()>,
-    },
-    /// Closes every pooled connection exactly once and empties the pool. Connections created
-    /// after this message is handled are not affected.
-    CloseAll {
-        /// Answered when every close is done, or with a timeout naming how long it waited.
-        reply: RpcReplyPort<Result<(), Error>>,
-    },
-    /// Retries a failed connection now (or lifts a quarantine and restarts it).
-    Retry {
-        /// The connection.
-        key: ConnectionKey,
-        /// The outcome of the attempt.
-        reply: RpcReplyPort<Result<(), Error>>,
-    },
-    /// A snapshot of one connection's status; `None` if the key is not pooled.
-    Status {
-        /// The connection.
-        key: ConnectionKey,
-        /// Where the snapshot goes.
-        reply: RpcReplyPort<Option<ConnectionStatus>>,
-    },
-    /// A new subscription to lifecycle events.
-    Subscribe {
-        /// Where the receiver goes.
-        reply: RpcReplyPort<broadcast::Receiver<ConnectionEvent>>,
-    },
-    /// Replaces the factory. Connections already pooled are kept.
-    SetFactory {
-        /// The new factory.
-        factory: Arc<ConnectionFactory>,
-        /// Answered once the factory is in place.
-        reply: RpcReplyPort<()>,
-    },
-    /// A copy of one plugin's counters, `None` when that plugin never created a connection.
-    CountersFor {
-        /// The plugin name.
-        plugin_name: String,
-        /// Where the copy goes.
-        reply: RpcReplyPort<Option<ConnectionCounters>>,
-    },
-    /// A copy of every plugin's counters.
-    CountersSnapshot {
-        /// Where the copy goes.
-        reply: RpcReplyPort<HashMap<String, ConnectionCounters>>,
-    },
-    /// The default policy's timeouts, which bound the supervisor's own answers.
-    Timeouts {
-        /// Where the timeouts go.
-        reply: RpcReplyPort<Timeouts>,
-    },
-    /// Stops taking requests, closes every connection exactly once (bounded by the close
-    /// timeout), stops every connection actor, then stops the supervisor itself.
-    Shutdown {
-        /// Answered when the supervisor has stopped.
-        reply: RpcReplyPort<()>,
-    },
-    /// A report from the supervisor's own tasks and connection actors. Only this crate can make
-    /// one.
-    Report(Report),
-}
-
-/// A report to the supervisor from one of its own tasks or connection actors.
-pub struct Report(pub(crate) ReportKind);
-
-pub(crate) enum ReportKind {
-    /// The factory task for creation `creation` finished.
-    FactoryDone {
-        creation: u64,
-        key: ConnectionKey,
-        result: Result<Option<Box<dyn Connection>>, String>,
-    },
-    /// A connection opened (counts an open, and a reconnect if it was one).
-    Opened {
-        key: ConnectionKey,
-        params: Option<ResolvedConnectionParams>,
-        reconnect: bool,
-    },
-    /// An open attempt failed.
-    OpenFailed { plugin_name: String },
-    /// An open connection was lost.
-    Lost { plugin_name: String },
-    /// A connection actor closed its connection (counts a close).
-    Closed {
-        key: ConnectionKey,
-        actor: ActorId,
-        reason: CloseReason,
-    },
-    /// A connection outlived its idle timeout or lifetime: close it through the pool.
-    Expired {
-        key: ConnectionKey,
-        actor: ActorId,
-        reason: CloseReason,
-    },
-}
 
 /// The supervisor actor. Spawn it with a [`SupervisorConfig`] as arguments, directly or linked
 /// under an actor of your own (`Actor::spawn_linked`), then talk to it with
@@ -974,72 +836,6 @@ fn spawn_factory_task(
             let _ = tokio::time::timeout(close_timeout, connection.close()).await;
         }
     });
-}
-
-impl fmt::Debug for SupervisorMessage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::GetOrCreate { key, .. } => f.debug_tuple("GetOrCreate").field(key).finish(),
-            // Params print redacted (see ResolvedConnectionParams' Debug).
-            Self::OpenConnection { key, params, .. } => f
-                .debug_tuple("OpenConnection")
-                .field(key)
-                .field(params)
-                .finish(),
-            Self::Resolve { key, lineage, .. } => {
-                f.debug_tuple("Resolve").field(key).field(lineage).finish()
-            }
-            Self::CloseConnection { key, .. } => {
-                f.debug_tuple("CloseConnection").field(key).finish()
-            }
-            Self::CloseAll { .. } => f.write_str("CloseAll"),
-            Self::Retry { key, .. } => f.debug_tuple("Retry").field(key).finish(),
-            Self::Status { key, .. } => f.debug_tuple("Status").field(key).finish(),
-            Self::Subscribe { .. } => f.write_str("Subscribe"),
-            Self::SetFactory { .. } => f.write_str("SetFactory"),
-            Self::CountersFor { plugin_name, .. } => {
-                f.debug_tuple("CountersFor").field(plugin_name).finish()
-            }
-            Self::CountersSnapshot { .. } => f.write_str("CountersSnapshot"),
-            Self::Timeouts { .. } => f.write_str("Timeouts"),
-            Self::Shutdown { .. } => f.write_str("Shutdown"),
-            Self::Report(report) => f.debug_tuple("Report").field(report).finish(),
-        }
-    }
-}
-
-impl fmt::Debug for Report {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Never prints params: they carry the password.
-        match &self.0 {
-            ReportKind::FactoryDone { creation, key, .. } => f
-                .debug_struct("FactoryDone")
-                .field("creation", creation)
-                .field("key", key)
-                .finish_non_exhaustive(),
-            ReportKind::Opened { key, reconnect, .. } => f
-                .debug_struct("Opened")
-                .field("key", key)
-                .field("reconnect", reconnect)
-                .finish_non_exhaustive(),
-            ReportKind::OpenFailed { plugin_name } => {
-                f.debug_tuple("OpenFailed").field(plugin_name).finish()
-            }
-            ReportKind::Lost { plugin_name } => f.debug_tuple("Lost").field(plugin_name).finish(),
-            ReportKind::Closed { key, actor, reason } => f
-                .debug_struct("Closed")
-                .field("key", key)
-                .field("actor", actor)
-                .field("reason", reason)
-                .finish(),
-            ReportKind::Expired { key, actor, reason } => f
-                .debug_struct("Expired")
-                .field("key", key)
-                .field("actor", actor)
-                .field("reason", reason)
-                .finish(),
-        }
-    }
 }
 
 impl fmt::Debug for SupervisorState {

@@ -17,14 +17,12 @@
 //!   [`Error::PluginPanicked`], then fails the actor on purpose, so the supervisor sees an
 //!   ordinary `ActorFailed` and restarts the key.
 
-use std::any::Any;
 use std::collections::VecDeque;
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use futures::future::BoxFuture;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
@@ -39,139 +37,12 @@ use crate::connection::{
 use crate::error::Error;
 use crate::events::{CloseReason, EventBus, EventKind};
 use crate::guard::{Outcome, guarded, sync_guarded};
-use crate::manager::ConnectionHandle;
+use crate::runtime::internal::{Report, ReportKind, Tick, TickKind, WithJob};
+use crate::runtime::messages::{
+    ConnectionHandle, ConnectionMessage, GetOrCreateReply, RoutedOpen, SupervisorMessage,
+};
 use crate::shared::{Activity, Direct, DirectRoute, Published, RouteNotice};
 use crate::status::{ConnectionState, ConnectionStatus, FailureInfo};
-use crate::supervisor::{GetOrCreateReply, Report, ReportKind, SupervisorMessage};
-
-/// Everything a connection actor can be asked. A [`ConnectionHandle`](crate::ConnectionHandle)
-/// sends these directly, without going through the supervisor.
-pub enum ConnectionMessage {
-    /// Opens the connection with `params` unless it is already alive (counts an open on
-    /// success). While reconnecting, waits for the reconnect instead of starting another.
-    Open {
-        /// What to open with.
-        params: ResolvedConnectionParams,
-        /// Bound on the plugin's `open`; `None` uses the policy's open timeout.
-        timeout: Option<Duration>,
-        /// Answered when the connection is open or the open failed.
-        reply: RpcReplyPort<Result<(), Error>>,
-    },
-    /// Asks the plugin whether the connection is alive.
-    IsAlive {
-        /// The plugin's answer.
-        reply: RpcReplyPort<Result<bool, Error>>,
-    },
-    /// Runs one command through the plugin; waits for a reconnect in progress.
-    ExecuteCommand {
-        /// The command line.
-        command: String,
-        /// Bound on the command; `None` uses the policy's request timeout.
-        timeout: Option<Duration>,
-        /// The command's output or its error.
-        reply: RpcReplyPort<Result<String, Error>>,
-    },
-    /// Like `ExecuteCommand`, but answers with the whole [`CommandOutput`] (stdout, stderr,
-    /// exit status) whatever the exit status.
-    RunCommand {
-        /// The command line.
-        command: String,
-        /// Bound on the command; `None` uses the policy's request timeout.
-        timeout: Option<Duration>,
-        /// The command's output or its error.
-        reply: RpcReplyPort<Result<CommandOutput, Error>>,
-    },
-    /// Runs a closure on the concrete plugin type; built by
-    /// [`ConnectionHandle::with`](crate::ConnectionHandle::with).
-    With {
-        /// The closure.
-        job: WithJob,
-        /// `Ok` once the closure ran (its result travels on its own channel).
-        reply: RpcReplyPort<Result<(), Error>>,
-    },
-    /// Retries a `Failed` (or reconnecting) connection now with its last params.
-    Retry {
-        /// Answered with the outcome of the attempt.
-        reply: RpcReplyPort<Result<(), Error>>,
-    },
-    /// Closes the connection (once, however often asked) and stops the actor.
-    Close {
-        /// Why; reported in the `Closed` event.
-        reason: CloseReason,
-        /// Answered when the plugin's `close` returned or timed out.
-        reply: Option<RpcReplyPort<()>>,
-    },
-    /// An open the supervisor routed here for
-    /// [`SupervisorMessage::OpenConnection`]: handled like `Open`, answered with the handle.
-    /// Only this crate can make one.
-    Routed(Box<RoutedOpen>),
-    /// The actor's own timers and its plugin's loss reports. Only this crate can make one.
-    Internal(Tick),
-}
-
-/// An open request the supervisor forwarded with its caller's reply port, so the caller gets
-/// the handle and the open's outcome in one answer without the supervisor waiting for the
-/// open.
-pub struct RoutedOpen {
-    pub(crate) params: ResolvedConnectionParams,
-    pub(crate) handle: ConnectionHandle,
-    pub(crate) reply: RpcReplyPort<GetOrCreateReply>,
-}
-
-/// A timer or loss report for a connection actor.
-pub struct Tick(pub(crate) TickKind);
-
-pub(crate) enum TickKind {
-    Lost {
-        generation: u64,
-        reason: String,
-    },
-    ReconnectDue {
-        generation: u64,
-    },
-    HealthCheckDue,
-    IdleCheck,
-    LifetimeExpired,
-    ExpireParked,
-    /// A concurrent command's task saw its plugin panic: crash like any plugin panic.
-    CommandPanicked {
-        error: Error,
-    },
-    /// A concurrent command failed as if the connection was lost: check it.
-    CheckAlive,
-}
-
-type WithRun =
-    Box<dyn for<'a> FnOnce(&'a mut (dyn Connection + 'static)) -> Option<BoxFuture<'a, ()>> + Send>;
-
-/// A closure to run on the concrete connection type, type-erased so it can travel in a message.
-/// Made only by [`ConnectionHandle::with`](crate::ConnectionHandle::with).
-pub struct WithJob {
-    expected: &'static str,
-    run: WithRun,
-}
-
-impl WithJob {
-    pub(crate) fn new<C, R>(
-        f: impl for<'a> FnOnce(&'a mut C) -> BoxFuture<'a, R> + Send + 'static,
-        result: tokio::sync::oneshot::Sender<R>,
-    ) -> Self
-    where
-        C: Connection,
-        R: Send + 'static,
-    {
-        Self {
-            expected: std::any::type_name::<C>(),
-            run: Box::new(move |connection: &mut (dyn Connection + 'static)| {
-                let connection: &mut dyn Any = connection;
-                let concrete = connection.downcast_mut::<C>()?;
-                Some(Box::pin(async move {
-                    let _ = result.send(f(concrete).await);
-                }))
-            }),
-        }
-    }
-}
 
 /// The connection actor. Only the supervisor spawns it (its arguments cannot be built outside
 /// this crate); it is public so embedders can name its messages and watch it.
@@ -1281,69 +1152,6 @@ impl ConnectionActorState {
             operation,
             message,
         }
-    }
-}
-
-impl fmt::Debug for ConnectionMessage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            // Params print redacted (see ResolvedConnectionParams' Debug).
-            Self::Open {
-                params, timeout, ..
-            } => f
-                .debug_struct("Open")
-                .field("params", params)
-                .field("timeout", timeout)
-                .finish(),
-            Self::Routed(open) => f.debug_tuple("Routed").field(open).finish(),
-            Self::IsAlive { .. } => f.write_str("IsAlive"),
-            Self::RunCommand { timeout, .. } => f
-                .debug_struct("RunCommand")
-                .field("timeout", timeout)
-                .finish_non_exhaustive(),
-            // Commands can carry secrets (e.g. `enable` passwords typed inline): not printed.
-            Self::ExecuteCommand { timeout, .. } => f
-                .debug_struct("ExecuteCommand")
-                .field("timeout", timeout)
-                .finish_non_exhaustive(),
-            Self::With { job, .. } => f.debug_tuple("With").field(job).finish(),
-            Self::Retry { .. } => f.write_str("Retry"),
-            Self::Close { reason, .. } => f.debug_struct("Close").field("reason", reason).finish(),
-            Self::Internal(tick) => f.debug_tuple("Internal").field(tick).finish(),
-        }
-    }
-}
-
-impl fmt::Debug for RoutedOpen {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RoutedOpen")
-            .field("params", &self.params)
-            .field("handle", &self.handle)
-            .finish_non_exhaustive()
-    }
-}
-
-impl fmt::Debug for Tick {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let name = match &self.0 {
-            TickKind::Lost { .. } => "Lost",
-            TickKind::ReconnectDue { .. } => "ReconnectDue",
-            TickKind::HealthCheckDue => "HealthCheckDue",
-            TickKind::IdleCheck => "IdleCheck",
-            TickKind::LifetimeExpired => "LifetimeExpired",
-            TickKind::ExpireParked => "ExpireParked",
-            TickKind::CommandPanicked { .. } => "CommandPanicked",
-            TickKind::CheckAlive => "CheckAlive",
-        };
-        f.write_str(name)
-    }
-}
-
-impl fmt::Debug for WithJob {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WithJob")
-            .field("expected", &self.expected)
-            .finish_non_exhaustive()
     }
 }
 

@@ -1,0 +1,161 @@
+//! The runtime's own messages: timers and loss reports a connection actor sends itself,
+//! reports to the supervisor from its tasks and connection actors, and the type-erased
+//! closure behind `ConnectionHandle::with`. Crate-private: they appear in the public message
+//! enums only as opaque variants nobody outside can build.
+
+use std::any::Any;
+use std::fmt;
+
+use futures::future::BoxFuture;
+use ractor::ActorId;
+
+use crate::connection::{Connection, ConnectionKey, ResolvedConnectionParams};
+use crate::error::Error;
+use crate::events::CloseReason;
+
+/// A timer or loss report for a connection actor.
+pub struct Tick(pub(crate) TickKind);
+
+pub(crate) enum TickKind {
+    Lost {
+        generation: u64,
+        reason: String,
+    },
+    ReconnectDue {
+        generation: u64,
+    },
+    HealthCheckDue,
+    IdleCheck,
+    LifetimeExpired,
+    ExpireParked,
+    /// A concurrent command's task saw its plugin panic: crash like any plugin panic.
+    CommandPanicked {
+        error: Error,
+    },
+    /// A concurrent command failed as if the connection was lost: check it.
+    CheckAlive,
+}
+
+pub(crate) type WithRun =
+    Box<dyn for<'a> FnOnce(&'a mut (dyn Connection + 'static)) -> Option<BoxFuture<'a, ()>> + Send>;
+
+/// A closure to run on the concrete connection type, type-erased so it can travel in a message.
+/// Made only by [`ConnectionHandle::with`](crate::ConnectionHandle::with).
+pub struct WithJob {
+    pub(crate) expected: &'static str,
+    pub(crate) run: WithRun,
+}
+
+impl WithJob {
+    pub(crate) fn new<C, R>(
+        f: impl for<'a> FnOnce(&'a mut C) -> BoxFuture<'a, R> + Send + 'static,
+        result: tokio::sync::oneshot::Sender<R>,
+    ) -> Self
+    where
+        C: Connection,
+        R: Send + 'static,
+    {
+        Self {
+            expected: std::any::type_name::<C>(),
+            run: Box::new(move |connection: &mut (dyn Connection + 'static)| {
+                let connection: &mut dyn Any = connection;
+                let concrete = connection.downcast_mut::<C>()?;
+                Some(Box::pin(async move {
+                    let _ = result.send(f(concrete).await);
+                }))
+            }),
+        }
+    }
+}
+
+/// A report to the supervisor from one of its own tasks or connection actors.
+pub struct Report(pub(crate) ReportKind);
+
+pub(crate) enum ReportKind {
+    /// The factory task for creation `creation` finished.
+    FactoryDone {
+        creation: u64,
+        key: ConnectionKey,
+        result: Result<Option<Box<dyn Connection>>, String>,
+    },
+    /// A connection opened (counts an open, and a reconnect if it was one).
+    Opened {
+        key: ConnectionKey,
+        params: Option<ResolvedConnectionParams>,
+        reconnect: bool,
+    },
+    /// An open attempt failed.
+    OpenFailed { plugin_name: String },
+    /// An open connection was lost.
+    Lost { plugin_name: String },
+    /// A connection actor closed its connection (counts a close).
+    Closed {
+        key: ConnectionKey,
+        actor: ActorId,
+        reason: CloseReason,
+    },
+    /// A connection outlived its idle timeout or lifetime: close it through the pool.
+    Expired {
+        key: ConnectionKey,
+        actor: ActorId,
+        reason: CloseReason,
+    },
+}
+
+impl fmt::Debug for Tick {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match &self.0 {
+            TickKind::Lost { .. } => "Lost",
+            TickKind::ReconnectDue { .. } => "ReconnectDue",
+            TickKind::HealthCheckDue => "HealthCheckDue",
+            TickKind::IdleCheck => "IdleCheck",
+            TickKind::LifetimeExpired => "LifetimeExpired",
+            TickKind::ExpireParked => "ExpireParked",
+            TickKind::CommandPanicked { .. } => "CommandPanicked",
+            TickKind::CheckAlive => "CheckAlive",
+        };
+        f.write_str(name)
+    }
+}
+
+impl fmt::Debug for WithJob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WithJob")
+            .field("expected", &self.expected)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never prints params: they carry the password.
+        match &self.0 {
+            ReportKind::FactoryDone { creation, key, .. } => f
+                .debug_struct("FactoryDone")
+                .field("creation", creation)
+                .field("key", key)
+                .finish_non_exhaustive(),
+            ReportKind::Opened { key, reconnect, .. } => f
+                .debug_struct("Opened")
+                .field("key", key)
+                .field("reconnect", reconnect)
+                .finish_non_exhaustive(),
+            ReportKind::OpenFailed { plugin_name } => {
+                f.debug_tuple("OpenFailed").field(plugin_name).finish()
+            }
+            ReportKind::Lost { plugin_name } => f.debug_tuple("Lost").field(plugin_name).finish(),
+            ReportKind::Closed { key, actor, reason } => f
+                .debug_struct("Closed")
+                .field("key", key)
+                .field("actor", actor)
+                .field("reason", reason)
+                .finish(),
+            ReportKind::Expired { key, actor, reason } => f
+                .debug_struct("Expired")
+                .field("key", key)
+                .field("actor", actor)
+                .field("reason", reason)
+                .finish(),
+        }
+    }
+}
