@@ -1,0 +1,303 @@
+//! Opening and closing: the one place the state changes ([`ConnectionActorState::enter`]),
+//! a requested open and each open attempt, what an open or failure records, the close that
+//! runs exactly once however the actor ends, and the crash that follows a plugin panic.
+
+use std::time::Duration;
+
+use ractor::{ActorProcessingErr, RpcReplyPort};
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::connection::{FailureKind, LossNotifier, ResolvedConnectionParams};
+use crate::error::Error;
+use crate::events::{CloseReason, EventKind};
+use crate::guard::{Outcome, guarded, sync_guarded};
+use crate::runtime::internal::{Report, ReportKind, Tick, TickKind};
+use crate::runtime::messages::{ConnectionMessage, SupervisorMessage};
+use crate::shared::{DirectRoute, RouteNotice};
+use crate::status::{ConnectionState, FailureInfo};
+
+use super::ConnectionActorState;
+use super::requests::{OpenReply, Request};
+
+/// The error to crash with, if the plugin panicked.
+pub(super) fn panic_in<T>(result: &Result<T, Error>) -> Option<Error> {
+    match result {
+        Err(error @ Error::PluginPanicked { .. }) => Some(error.clone()),
+        _ => None,
+    }
+}
+
+/// How an open attempt ended.
+pub(super) enum OpenAttempt {
+    Opened,
+    Failed(Error, FailureInfo),
+    Panicked(Error),
+}
+
+impl ConnectionActorState {
+    /// Sends the answer; if the call panicked, closes the instance and fails the actor, so the
+    /// supervisor restarts the key and nobody uses a half-broken plugin again.
+    pub(super) async fn answer<T>(
+        &mut self,
+        reply: RpcReplyPort<Result<T, Error>>,
+        result: Result<T, Error>,
+    ) -> Result<(), ActorProcessingErr> {
+        let crash = panic_in(&result);
+        let _ = reply.send(result);
+        match crash {
+            Some(error) => self.crash(error).await,
+            None => Ok(()),
+        }
+    }
+
+    pub(super) async fn crash(&mut self, error: Error) -> Result<(), ActorProcessingErr> {
+        self.close(CloseReason::Crashed).await;
+        Err(error.to_string().into())
+    }
+
+    pub(super) fn alive_now(&self) -> Result<bool, Error> {
+        sync_guarded(|| self.connection.is_alive())
+            .map_err(|message| self.panicked("is_alive", message))
+    }
+
+    pub(super) async fn open(
+        &mut self,
+        params: ResolvedConnectionParams,
+        timeout: Option<Duration>,
+        reply: OpenReply,
+    ) -> Result<(), ActorProcessingErr> {
+        if self.reconnecting() {
+            // Someone else's reconnect is already under way: wait for it rather than adding an
+            // attempt (no retry storms from many callers).
+            let deadline = Instant::now() + self.policy.timeouts.open;
+            self.park(deadline, Request::Open { reply });
+            return Ok(());
+        }
+        let result = self.open_requested(params, timeout).await;
+        let crash = panic_in(&result);
+        reply.send(result);
+        match crash {
+            Some(error) => self.crash(error).await,
+            None => Ok(()),
+        }
+    }
+
+    /// An open asked for by a caller: counted, reported, answered with the plugin's error.
+    pub(super) async fn open_requested(
+        &mut self,
+        params: ResolvedConnectionParams,
+        timeout: Option<Duration>,
+    ) -> Result<(), Error> {
+        if self.alive_now()? {
+            if self.status.state != ConnectionState::Open {
+                self.enter(ConnectionState::Open, None);
+            }
+            return Ok(());
+        }
+        self.params = Some(params);
+        self.enter(ConnectionState::Opening, Some(EventKind::Opening));
+        match self.attempt_open(timeout).await {
+            OpenAttempt::Opened => {
+                self.opened(false);
+                Ok(())
+            }
+            OpenAttempt::Failed(error, failure) => {
+                self.open_failed(failure);
+                self.enter(ConnectionState::Failed, None);
+                self.fail_parked(|| error.clone());
+                Err(error)
+            }
+            OpenAttempt::Panicked(error) => Err(error),
+        }
+    }
+
+    /// One open attempt with the last params: waits for an open slot and runs the plugin's
+    /// `open`, both within the open timeout.
+    pub(super) async fn attempt_open(&mut self, timeout: Option<Duration>) -> OpenAttempt {
+        let Some(params) = self.params.clone() else {
+            let failure = FailureInfo {
+                kind: FailureKind::Unknown,
+                message: "never opened: no params to reopen with".to_owned(),
+            };
+            return OpenAttempt::Failed(self.unavailable(), failure);
+        };
+        self.session += 1;
+        let (actor, generation) = (self.myself.clone(), self.session);
+        self.connection
+            .set_loss_notifier(LossNotifier::new(move |reason: String| {
+                let lost = TickKind::Lost { generation, reason };
+                let _ = actor.cast(ConnectionMessage::Internal(Tick(lost)));
+            }));
+        let bound = timeout.unwrap_or(self.policy.timeouts.open);
+        let slots = self.open_slots.clone();
+        let connection = &mut self.connection;
+        let call = async move {
+            // A closed semaphore cannot happen (the supervisor never closes it); opening
+            // without a slot would still be correct, only less polite.
+            let _slot = slots.acquire_owned().await.ok();
+            connection.open(&params).await
+        };
+        match guarded(bound, call).await {
+            Outcome::Done(Ok(())) => OpenAttempt::Opened,
+            Outcome::Done(Err(source)) => {
+                let failure = FailureInfo {
+                    kind: source.kind(),
+                    message: source.message().to_owned(),
+                };
+                let error = Error::Open {
+                    key: self.key.clone(),
+                    source,
+                };
+                OpenAttempt::Failed(error, failure)
+            }
+            Outcome::TimedOut(after) => {
+                let failure = FailureInfo {
+                    kind: FailureKind::Timeout,
+                    message: format!("open timed out after {after:?}"),
+                };
+                OpenAttempt::Failed(self.timed_out("open", after), failure)
+            }
+            Outcome::Panicked(message) => OpenAttempt::Panicked(self.panicked("open", message)),
+        }
+    }
+
+    pub(super) fn opened(&mut self, reconnect: bool) {
+        let route = match sync_guarded(|| self.connection.command_runner()) {
+            Ok(Some((runner, limit))) => {
+                let actor = self.myself.clone();
+                Some(DirectRoute::new(
+                    runner,
+                    limit,
+                    self.activity.clone(),
+                    move |notice| {
+                        let tick = match notice {
+                            RouteNotice::CheckAlive => TickKind::CheckAlive,
+                            RouteNotice::Panicked(error) => TickKind::CommandPanicked { error },
+                        };
+                        let _ = actor.cast(ConnectionMessage::Internal(Tick(tick)));
+                    },
+                ))
+            }
+            Ok(None) => None,
+            Err(message) => {
+                warn!(%message, "plugin panicked in command_runner; running commands one at a time");
+                None
+            }
+        };
+        self.published.route(route);
+        let attempts = self.status.attempts + 1;
+        self.status.attempts = 0;
+        self.status.next_attempt_at = None;
+        let event = if reconnect {
+            EventKind::Reconnected { attempts }
+        } else {
+            EventKind::Opened
+        };
+        self.enter(ConnectionState::Open, Some(event));
+        self.report(ReportKind::Opened {
+            key: self.key.clone(),
+            params: self.params.clone(),
+            reconnect,
+        });
+        self.schedule_health_check();
+    }
+
+    pub(super) fn open_failed(&mut self, failure: FailureInfo) {
+        debug!(%failure, "open failed");
+        self.status.attempts += 1;
+        self.status.last_error = Some(failure.clone());
+        self.events.emit(
+            &self.key,
+            EventKind::OpenFailed {
+                failure,
+                attempt: self.status.attempts,
+            },
+        );
+        self.report(ReportKind::OpenFailed {
+            plugin_name: self.key.plugin_name.clone(),
+        });
+    }
+
+    /// Closes the plugin instance unless it already is: the only path to `Closed`, so a
+    /// connection is closed exactly once whichever way the actor ends.
+    pub(super) async fn close(&mut self, reason: CloseReason) {
+        if matches!(
+            self.status.state,
+            ConnectionState::Closing | ConnectionState::Closed
+        ) {
+            return;
+        }
+        self.timers.cancel_all();
+        self.published.route(None);
+        self.commands.abort_all();
+        let closed = Error::Closed {
+            key: self.key.clone(),
+        };
+        self.fail_parked(|| closed.clone());
+        self.enter(ConnectionState::Closing, None);
+        match guarded(self.policy.timeouts.close, self.connection.close()).await {
+            Outcome::Done(()) => {}
+            Outcome::TimedOut(after) => warn!(?after, "close timed out; connection dropped"),
+            Outcome::Panicked(message) => warn!(%message, "plugin panicked in close"),
+        }
+        self.status.next_attempt_at = None;
+        self.enter(ConnectionState::Closed, Some(EventKind::Closed { reason }));
+        self.report(ReportKind::Closed {
+            key: self.key.clone(),
+            actor: self.id,
+            reason,
+        });
+    }
+
+    /// The one place the lifecycle state changes: publishes the new status to watchers and
+    /// the event (if any) to subscribers.
+    pub(super) fn enter(&mut self, next: ConnectionState, event: Option<EventKind>) {
+        if self.status.state != next {
+            debug!(from = ?self.status.state, to = ?next, "state");
+            self.status.state = next;
+        }
+        self.publish();
+        if let Some(event) = event {
+            self.events.emit(&self.key, event);
+        }
+    }
+
+    /// Publishes the status to watchers (handles, the supervisor's status queries).
+    pub(super) fn publish(&mut self) {
+        self.status.waiting_requests = self.parked.len();
+        self.published.status(&self.status);
+    }
+
+    pub(super) fn report(&self, report: ReportKind) {
+        // The supervisor is gone only during its own shutdown, when counts no longer matter.
+        let _ = self
+            .supervisor
+            .cast(SupervisorMessage::Report(Report(report)));
+    }
+
+    pub(super) fn unavailable(&self) -> Error {
+        Error::Unavailable {
+            key: self.key.clone(),
+            state: self.status.state,
+            cause: self.status.last_error.clone(),
+        }
+    }
+
+    pub(super) fn timed_out(&self, operation: &'static str, after: Duration) -> Error {
+        Error::Timeout {
+            operation,
+            target: self.key.to_string(),
+            after,
+        }
+    }
+
+    pub(super) fn panicked(&self, operation: &'static str, message: String) -> Error {
+        warn!(operation, %message, "plugin panicked");
+        Error::PluginPanicked {
+            key: self.key.clone(),
+            operation,
+            message,
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! Loss and reconnect: a lost session schedules attempts with backoff and jitter; requests that
+//! arrive meanwhile are parked with their deadlines and replayed once the connection is back,
+//! or answered when it gives up or closes.
+
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
+use std::time::{Duration, SystemTime};
+
+use ractor::ActorProcessingErr;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::connection::FailureKind;
+use crate::error::Error;
+use crate::events::EventKind;
+use crate::runtime::internal::{ReportKind, TickKind};
+use crate::status::{ConnectionState, FailureInfo};
+
+use super::ConnectionActorState;
+use super::lifecycle::OpenAttempt;
+use super::requests::Request;
+use super::resources::Timers;
+
+impl ConnectionActorState {
+    /// The connection went away while open: invalidate the old session, then reconnect (or
+    /// give up at once if the policy says not to reconnect).
+    pub(super) fn lose(&mut self, reason: String) {
+        info!(%reason, "connection lost");
+        self.session += 1;
+        Timers::cancel(&mut self.timers.health);
+        self.published.route(None);
+        self.enter(
+            ConnectionState::Lost,
+            Some(EventKind::Lost {
+                reason: reason.clone(),
+            }),
+        );
+        self.report(ReportKind::Lost {
+            plugin_name: self.key.plugin_name.clone(),
+        });
+        self.status.attempts = 0;
+        if self.policy.reconnect && self.params.is_some() {
+            self.schedule_reconnect();
+        } else {
+            self.give_up(FailureInfo {
+                kind: FailureKind::Transport,
+                message: format!("lost and not reconnecting: {reason}"),
+            });
+        }
+    }
+
+    pub(super) fn schedule_reconnect(&mut self) {
+        let attempt = self.status.attempts + 1;
+        let unit =
+            (self.random.hash_one(self.reconnect_generation) >> 11) as f64 / (1u64 << 53) as f64;
+        let delay = self.policy.backoff.delay(attempt, unit);
+        self.schedule_reconnect_in(delay);
+    }
+
+    pub(super) fn schedule_reconnect_in(&mut self, delay: Duration) {
+        self.reconnect_generation += 1;
+        self.status.next_attempt_at = Some(SystemTime::now() + delay);
+        let attempt = self.status.attempts + 1;
+        self.enter(
+            ConnectionState::Reconnecting,
+            Some(EventKind::Reconnecting { attempt, delay }),
+        );
+        let tick = TickKind::ReconnectDue {
+            generation: self.reconnect_generation,
+        };
+        Timers::cancel(&mut self.timers.reconnect);
+        self.timers.reconnect = Some(self.tick_after(delay, tick));
+    }
+
+    pub(super) async fn reconnect(&mut self) -> Result<(), ActorProcessingErr> {
+        self.timers.reconnect = None;
+        self.status.next_attempt_at = None;
+        match self.attempt_open(None).await {
+            OpenAttempt::Opened => {
+                self.opened(true);
+                self.replay_parked().await
+            }
+            OpenAttempt::Failed(_, failure) => {
+                let kind = failure.kind;
+                self.open_failed(failure.clone());
+                let attempts = self.status.attempts;
+                let exhausted = (kind.is_permanent()
+                    && attempts >= self.policy.permanent_failure_attempts)
+                    || self
+                        .policy
+                        .max_reconnect_attempts
+                        .is_some_and(|max| attempts >= max);
+                if exhausted {
+                    self.give_up(failure);
+                } else {
+                    self.schedule_reconnect();
+                }
+                Ok(())
+            }
+            OpenAttempt::Panicked(error) => {
+                self.fail_parked(|| error.clone());
+                self.crash(error).await
+            }
+        }
+    }
+
+    pub(super) fn give_up(&mut self, failure: FailureInfo) {
+        warn!(%failure, "gave up reconnecting");
+        self.status.last_error = Some(failure.clone());
+        self.status.next_attempt_at = None;
+        self.enter(ConnectionState::Failed, Some(EventKind::GaveUp { failure }));
+        let error = self.unavailable();
+        self.fail_parked(|| error.clone());
+    }
+
+    pub(super) fn reconnecting(&self) -> bool {
+        matches!(
+            self.status.state,
+            ConnectionState::Lost | ConnectionState::Reconnecting
+        )
+    }
+
+    pub(super) fn park(&mut self, deadline: Instant, request: Request) {
+        self.parked.push_back((deadline, request));
+        self.publish();
+        let sooner = self
+            .timers
+            .parked
+            .as_ref()
+            .is_none_or(|(due, _)| deadline < *due);
+        if sooner {
+            if let Some((_, timer)) = self.timers.parked.take() {
+                timer.abort();
+            }
+            let delay = deadline.saturating_duration_since(Instant::now());
+            let timer = self.tick_after(delay, TickKind::ExpireParked);
+            self.timers.parked = Some((deadline, timer));
+        }
+    }
+
+    /// Answers parked requests whose deadline passed, and re-arms the timer for the rest.
+    pub(super) fn expire_parked(&mut self) {
+        let now = Instant::now();
+        let (expired, waiting): (VecDeque<_>, VecDeque<_>) = self
+            .parked
+            .drain(..)
+            .partition(|(deadline, _)| *deadline <= now);
+        self.parked = waiting;
+        for (_, request) in expired {
+            let error = Error::Timeout {
+                operation: request.operation(),
+                target: format!("{} (waiting for a reconnect)", self.key),
+                after: self.policy.timeouts.request,
+            };
+            request.fail(&self.key, error);
+        }
+        self.publish();
+        if let Some(next) = self.parked.iter().map(|(deadline, _)| *deadline).min() {
+            let timer =
+                self.tick_after(next.saturating_duration_since(now), TickKind::ExpireParked);
+            self.timers.parked = Some((next, timer));
+        }
+    }
+
+    pub(super) async fn replay_parked(&mut self) -> Result<(), ActorProcessingErr> {
+        let parked = std::mem::take(&mut self.parked);
+        if let Some((_, timer)) = self.timers.parked.take() {
+            timer.abort();
+        }
+        for (deadline, request) in parked {
+            if request.caller_gone() {
+                continue; // its caller stopped waiting: running it now would surprise nobody
+            }
+            if deadline <= Instant::now() {
+                self.parked.push_back((deadline, request));
+                continue;
+            }
+            // May park again if the connection drops during the replay.
+            self.run_or_park(deadline, request).await?;
+        }
+        self.expire_parked();
+        Ok(())
+    }
+
+    pub(super) fn fail_parked(&mut self, error: impl Fn() -> Error) {
+        if self.parked.is_empty() {
+            return;
+        }
+        for (_, request) in self.parked.drain(..) {
+            request.fail(&self.key, error());
+        }
+        self.publish();
+        if let Some((_, timer)) = self.timers.parked.take() {
+            timer.abort();
+        }
+    }
+}
