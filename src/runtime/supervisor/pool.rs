@@ -1,0 +1,326 @@
+//! The pool: finding a key's connection, creating it through the factory (on a task of its own,
+//! never on the supervisor's), handing it to every caller that waited for it, and the pool's
+//! bookkeeping.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use ractor::{Actor, ActorId, ActorRef, RpcReplyPort};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{debug, error, warn};
+
+use crate::connection::{Connection, ConnectionFactory, ConnectionKey, ResolvedConnectionParams};
+use crate::error::Error;
+use crate::events::EventKind;
+use crate::guard::panic_message;
+use crate::runtime::connection::{ConnectionActor, ConnectionArgs};
+use crate::runtime::internal::{Report, ReportKind};
+use crate::runtime::messages::{
+    ConnectionHandle, ConnectionMessage, GetOrCreateReply, SupervisorMessage,
+};
+use crate::shared::{Activity, Published};
+
+use super::SupervisorState;
+use super::slots::{Creation, Pooled, Slot, Waiter, answer_all, quarantined};
+
+impl SupervisorState {
+    pub(super) fn get_or_create(&mut self, key: ConnectionKey, reply: Waiter) {
+        if self.shutting_down {
+            reply.answer(Err(Error::ShutDown));
+            return;
+        }
+        match self.pool.get_mut(&key) {
+            Some(Slot::Ready(pooled)) => {
+                reply.serve(&pooled.handle);
+                return;
+            }
+            Some(Slot::Creating(creation)) => {
+                creation.waiters.push(reply);
+                return;
+            }
+            Some(Slot::Quarantined(quarantine)) => {
+                let now = Instant::now();
+                if now < quarantine.until {
+                    reply.answer(Err(quarantined(&key, quarantine, now)));
+                    return;
+                }
+                // The quarantine is over: a fresh start, with a clean restart history.
+                self.take_slot(&key);
+                self.restarts.remove(&key);
+            }
+            None => {}
+        }
+        if self.config.factory.is_none() {
+            reply.answer(Err(Error::FactoryNotSet));
+            return;
+        }
+        if let Err(error) = self.make_room(&key) {
+            reply.answer(Err(error));
+            return;
+        }
+        let lineage = self.fresh_id();
+        self.start_creation(key, lineage, vec![reply], None);
+    }
+
+    pub(super) fn resolve(
+        &mut self,
+        key: ConnectionKey,
+        lineage: u64,
+        reply: RpcReplyPort<GetOrCreateReply>,
+    ) {
+        let answer = match self.pool.get_mut(&key) {
+            Some(Slot::Ready(pooled)) if pooled.handle.lineage() == lineage => {
+                Ok(Some(pooled.handle.clone()))
+            }
+            Some(Slot::Creating(creation)) if creation.lineage == lineage => {
+                creation.waiters.push(Waiter::Handle(reply));
+                return;
+            }
+            Some(Slot::Quarantined(quarantine)) if quarantine.lineage == lineage => {
+                Err(quarantined(&key, quarantine, Instant::now()))
+            }
+            _ if self.shutting_down => Err(Error::ShutDown),
+            _ => Err(Error::Closed { key }),
+        };
+        let _ = reply.send(answer);
+    }
+
+    pub(super) fn start_creation(
+        &mut self,
+        key: ConnectionKey,
+        lineage: u64,
+        waiters: Vec<Waiter>,
+        reopen_with: Option<ResolvedConnectionParams>,
+    ) {
+        let Some(factory) = self.config.factory.clone() else {
+            answer_all(waiters, || Err(Error::FactoryNotSet));
+            return;
+        };
+        let id = self.fresh_id();
+        let close_timeout = self.config.policy_for(&key.plugin_name).timeouts.close;
+        spawn_factory_task(self.myself.clone(), factory, id, key.clone(), close_timeout);
+        self.insert_slot(
+            key,
+            Slot::Creating(Creation {
+                id,
+                lineage,
+                waiters,
+                closer: None,
+                reopen_with,
+            }),
+        );
+    }
+
+    pub(super) async fn finish_creation(
+        &mut self,
+        id: u64,
+        key: ConnectionKey,
+        result: Result<Option<Box<dyn Connection>>, String>,
+    ) {
+        let current = matches!(self.pool.get(&key), Some(Slot::Creating(c)) if c.id == id);
+        let creation = if current {
+            match self.take_slot(&key) {
+                Some(Slot::Creating(creation)) => creation,
+                _ => return,
+            }
+        } else {
+            match self.orphans.remove(&id) {
+                Some((_, creation)) => creation,
+                None => return,
+            }
+        };
+        let Creation {
+            lineage,
+            waiters,
+            closer,
+            reopen_with,
+            ..
+        } = creation;
+        let connection = match result {
+            Ok(Some(connection)) => connection,
+            Ok(None) => {
+                debug!(%key, "no plugin for this key");
+                answer_all(waiters, || Ok(None));
+                drop(closer);
+                return;
+            }
+            Err(message) => {
+                error!(%key, %message, "connection factory panicked");
+                answer_all(waiters, || {
+                    Err(Error::FactoryPanicked {
+                        key: key.clone(),
+                        message: message.clone(),
+                    })
+                });
+                drop(closer);
+                return;
+            }
+        };
+        self.counters
+            .entry(key.plugin_name.clone())
+            .or_default()
+            .create_calls += 1;
+        self.events.emit(&key, EventKind::Created);
+        let policy = self.config.policy_for(&key.plugin_name).clone();
+        let timeouts = policy.timeouts;
+        let (published_tx, published_rx) = watch::channel(Published::new());
+        let activity = Arc::new(Activity::new(self.epoch));
+        let args = ConnectionArgs {
+            key: key.clone(),
+            connection,
+            supervisor: self.myself.clone(),
+            policy,
+            open_slots: self.open_slots.clone(),
+            events: self.events.clone(),
+            published: published_tx,
+            activity: activity.clone(),
+            reopen_with: reopen_with.clone(),
+        };
+        let spawned =
+            Actor::spawn_linked(None, ConnectionActor, args, self.myself.get_cell()).await;
+        let actor = match spawned {
+            Ok((actor, _join)) => actor,
+            Err(spawn_error) => {
+                // Only happens when the supervisor itself is stopping; the connection (never
+                // opened) went down with the failed spawn.
+                error!(%key, %spawn_error, "could not start a connection actor");
+                answer_all(waiters, || {
+                    Err(Error::Spawn(format!(
+                        "connection actor for {key}: {spawn_error}"
+                    )))
+                });
+                return;
+            }
+        };
+        let handle = ConnectionHandle::new(
+            key.clone(),
+            actor,
+            lineage,
+            self.myself.clone(),
+            timeouts,
+            published_rx,
+        );
+        for waiter in waiters {
+            waiter.serve(&handle);
+        }
+        self.children.insert(handle.actor().get_id(), key.clone());
+        match closer {
+            Some((closer, reason)) => {
+                let _ = handle.actor().cast(ConnectionMessage::Close {
+                    reason,
+                    reply: Some(closer),
+                });
+            }
+            None => {
+                self.insert_slot(
+                    key,
+                    Slot::Ready(Pooled {
+                        handle,
+                        reopen_with,
+                        activity,
+                    }),
+                );
+            }
+        }
+    }
+
+    pub(super) fn retry(&mut self, key: ConnectionKey, reply: RpcReplyPort<Result<(), Error>>) {
+        match self.pool.get(&key) {
+            Some(Slot::Ready(pooled)) => {
+                let _ = pooled
+                    .handle
+                    .actor()
+                    .cast(ConnectionMessage::Retry { reply });
+            }
+            Some(Slot::Creating(_)) => {
+                let _ = reply.send(Ok(()));
+            }
+            Some(Slot::Quarantined(quarantine)) => {
+                let lineage = quarantine.lineage;
+                self.take_slot(&key);
+                self.restarts.remove(&key);
+                self.start_creation(key, lineage, Vec::new(), None);
+                let _ = reply.send(Ok(()));
+            }
+            None => {
+                let _ = reply.send(Err(Error::Closed { key }));
+            }
+        }
+    }
+
+    /// Whether `actor` is the one serving `key` in the pool right now.
+    pub(super) fn is_pooled(&self, key: &ConnectionKey, actor: ActorId) -> bool {
+        matches!(
+            self.pool.get(key),
+            Some(Slot::Ready(pooled)) if pooled.handle.actor().get_id() == actor
+        )
+    }
+
+    /// Removes `key`'s pool entry if `actor` still serves it (a connection closed or stopped
+    /// by a direct message, not through the supervisor).
+    pub(super) fn unpool(&mut self, key: &ConnectionKey, actor: ActorId) {
+        if self.is_pooled(key, actor) {
+            self.take_slot(key);
+        }
+    }
+
+    pub(super) fn insert_slot(&mut self, key: ConnectionKey, slot: Slot) {
+        if slot.holds_a_connection() {
+            self.pooled += 1;
+            *self
+                .pooled_per_plugin
+                .entry(key.plugin_name.clone())
+                .or_default() += 1;
+        }
+        self.pool.insert(key, slot);
+    }
+
+    pub(super) fn take_slot(&mut self, key: &ConnectionKey) -> Option<Slot> {
+        let slot = self.pool.remove(key)?;
+        if slot.holds_a_connection() {
+            self.pooled -= 1;
+            if let Some(count) = self.pooled_per_plugin.get_mut(&key.plugin_name) {
+                *count -= 1;
+            }
+        }
+        Some(slot)
+    }
+
+    pub(super) fn fresh_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+}
+
+/// Runs the factory off the supervisor's task, so a slow factory holds up only its own key,
+/// and a panicking one only its own callers.
+pub(super) fn spawn_factory_task(
+    supervisor: ActorRef<SupervisorMessage>,
+    factory: Arc<ConnectionFactory>,
+    creation: u64,
+    key: ConnectionKey,
+    close_timeout: std::time::Duration,
+) {
+    tokio::spawn(async move {
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| factory(&key)))
+            .map_err(|payload| panic_message(payload.as_ref()));
+        let report = ReportKind::FactoryDone {
+            creation,
+            key,
+            result,
+        };
+        if let Err(ractor::MessagingErr::SendErr(SupervisorMessage::Report(Report(
+            ReportKind::FactoryDone {
+                key,
+                result: Ok(Some(mut connection)),
+                ..
+            },
+        )))) = supervisor.cast(SupervisorMessage::Report(Report(report)))
+        {
+            // The supervisor stopped while the factory ran: nobody else will close this one.
+            warn!(%key, "supervisor gone before the connection was pooled; closing it");
+            let _ = tokio::time::timeout(close_timeout, connection.close()).await;
+        }
+    });
+}

@@ -1,0 +1,80 @@
+//! Crashes: a pooled connection actor that failed is restarted with a fresh instance (reopened if
+//! it was open) within the restart intensity, or its key is quarantined.
+
+use std::time::SystemTime;
+
+use ractor::ActorId;
+use tokio::time::Instant;
+use tracing::{error, warn};
+
+use crate::events::EventKind;
+
+use super::SupervisorState;
+use super::slots::{Quarantine, Slot};
+
+impl SupervisorState {
+    /// A connection actor failed. A pooled one is restarted within the restart intensity, or
+    /// its key quarantined; one that was already being closed is just counted.
+    pub(super) fn connection_failed(&mut self, actor: ActorId, reason: String) {
+        let Some(key) = self.children.remove(&actor) else {
+            return;
+        };
+        self.counters
+            .entry(key.plugin_name.clone())
+            .or_default()
+            .crashes += 1;
+        if !self.is_pooled(&key, actor) {
+            return;
+        }
+        let Some(Slot::Ready(pooled)) = self.take_slot(&key) else {
+            return;
+        };
+        let lineage = pooled.handle.lineage();
+        if self.shutting_down {
+            return;
+        }
+        let policy = self.config.restart;
+        let now = Instant::now();
+        let history = self.restarts.entry(key.clone()).or_default();
+        history.push_back(now);
+        while history
+            .front()
+            .is_some_and(|&at| now.duration_since(at) > policy.window)
+        {
+            history.pop_front();
+        }
+        let restarts = history.len() as u32;
+        if restarts > policy.max_restarts {
+            error!(%key, %reason, restarts, "connection crashed too often; quarantined");
+            self.events.emit(
+                &key,
+                EventKind::Quarantined {
+                    duration: policy.quarantine,
+                    reason: reason.clone(),
+                },
+            );
+            self.counters
+                .entry(key.plugin_name.clone())
+                .or_default()
+                .quarantines += 1;
+            self.insert_slot(
+                key,
+                Slot::Quarantined(Quarantine {
+                    until: now + policy.quarantine,
+                    until_wall: SystemTime::now() + policy.quarantine,
+                    reason,
+                    lineage,
+                }),
+            );
+            return;
+        }
+        warn!(%key, %reason, restarts, "connection actor failed; restarting it");
+        self.counters
+            .entry(key.plugin_name.clone())
+            .or_default()
+            .restarts += 1;
+        self.events
+            .emit(&key, EventKind::Restarted { restarts, reason });
+        self.start_creation(key, lineage, Vec::new(), pooled.reopen_with);
+    }
+}

@@ -1,0 +1,115 @@
+//! Closing: one key, every key, and the whole supervisor. The supervisor sends the closes and
+//! hands the waiting to a short-lived task, so it never waits for a plugin itself.
+
+use futures::future::join_all;
+use ractor::RpcReplyPort;
+use tracing::warn;
+
+use crate::connection::ConnectionKey;
+use crate::error::Error;
+use crate::events::CloseReason;
+use crate::runtime::messages::ConnectionMessage;
+
+use super::SupervisorState;
+use super::slots::Slot;
+
+impl SupervisorState {
+    pub(super) fn close(
+        &mut self,
+        key: ConnectionKey,
+        reply: RpcReplyPort<()>,
+        reason: CloseReason,
+    ) {
+        self.restarts.remove(&key);
+        match self.take_slot(&key) {
+            None | Some(Slot::Quarantined(_)) => {
+                let _ = reply.send(());
+            }
+            Some(Slot::Ready(pooled)) => {
+                // If the actor is already gone the reply port is dropped with the message and
+                // the caller learns the connection is gone, which is what it asked for.
+                let _ = pooled.handle.actor().cast(ConnectionMessage::Close {
+                    reason,
+                    reply: Some(reply),
+                });
+            }
+            Some(Slot::Creating(mut creation)) => {
+                creation.closer = Some((reply, reason));
+                self.orphans.insert(creation.id, (key, creation));
+            }
+        }
+    }
+
+    /// Sends every pooled connection a close and returns the receivers that resolve when each
+    /// is done. The pool is empty afterwards; the supervisor does not wait.
+    pub(super) fn close_every_pooled(
+        &mut self,
+        reason: CloseReason,
+    ) -> Vec<tokio::sync::oneshot::Receiver<()>> {
+        let keys: Vec<ConnectionKey> = self.pool.keys().cloned().collect();
+        keys.into_iter()
+            .map(|key| {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                self.close(key, tx.into(), reason);
+                rx
+            })
+            .collect()
+    }
+
+    pub(super) fn close_all(&mut self, reply: RpcReplyPort<Result<(), Error>>) {
+        let pending = self.close_every_pooled(CloseReason::CloseAll);
+        let bound = self.longest_close_wait();
+        tokio::spawn(async move {
+            let result = match tokio::time::timeout(bound, join_all(pending)).await {
+                Ok(_) => Ok(()),
+                Err(_) => Err(Error::Timeout {
+                    operation: "close_all_connections",
+                    target: "supervisor".into(),
+                    after: bound,
+                }),
+            };
+            let _ = reply.send(result);
+        });
+    }
+
+    pub(super) fn shutdown(&mut self, reply: RpcReplyPort<()>) {
+        let me = self.myself.clone();
+        if self.shutting_down {
+            // A second shutdown waits for the first by waiting for the supervisor to exit.
+            tokio::spawn(async move {
+                me.wait(None).await.ok();
+                let _ = reply.send(());
+            });
+            return;
+        }
+        self.shutting_down = true;
+        let pending = self.close_every_pooled(CloseReason::Shutdown);
+        let bound = self.longest_close_wait();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(bound, join_all(pending)).await;
+            // Connections closed earlier by close_connection may still be finishing: give them
+            // the same bound, then kill whatever is stuck so nothing outlives the supervisor.
+            me.stop_children_and_wait(Some("shutdown".into()), Some(bound))
+                .await;
+            for child in me.get_children() {
+                warn!(actor = %child.get_id(), "connection actor did not stop in time; killed");
+                child.kill();
+            }
+            // drain, not stop: reports already queued (closes to count, creations to close)
+            // are still handled; new requests are refused because shutting_down is set.
+            let _ = me.drain_and_wait(Some(bound)).await;
+            let _ = reply.send(());
+        });
+    }
+
+    /// The longest a close-all or shutdown may wait for its closes: the slowest plugin's.
+    pub(super) fn longest_close_wait(&self) -> std::time::Duration {
+        self.config
+            .plugin_policies
+            .values()
+            .chain(std::iter::once(&self.config.default_policy))
+            .map(|policy| policy.timeouts.close_wait())
+            .max()
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,102 @@
+//! What the pool holds for a key: a connection being created (and who waits for it), a ready
+//! connection, or a quarantine; and how a waiting caller is answered.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use ractor::RpcReplyPort;
+use tokio::time::Instant;
+
+use crate::connection::{ConnectionKey, ResolvedConnectionParams};
+use crate::error::Error;
+use crate::events::CloseReason;
+use crate::runtime::messages::{ConnectionHandle, ConnectionMessage, GetOrCreateReply, RoutedOpen};
+use crate::shared::Activity;
+
+pub(super) enum Slot {
+    Creating(Creation),
+    Ready(Pooled),
+    Quarantined(Quarantine),
+}
+
+pub(super) struct Creation {
+    pub(super) id: u64,
+    pub(super) lineage: u64,
+    pub(super) waiters: Vec<Waiter>,
+    /// Set once the key is closed while the factory runs (only on orphans).
+    pub(super) closer: Option<(RpcReplyPort<()>, CloseReason)>,
+    /// A restart of a connection that was open: the new actor reopens with these.
+    pub(super) reopen_with: Option<ResolvedConnectionParams>,
+}
+
+/// A caller waiting for a connection: for its handle, or for it to be open.
+pub(super) enum Waiter {
+    Handle(RpcReplyPort<GetOrCreateReply>),
+    Open(ResolvedConnectionParams, RpcReplyPort<GetOrCreateReply>),
+}
+
+impl Waiter {
+    pub(super) fn answer(self, answer: GetOrCreateReply) {
+        let (Self::Handle(reply) | Self::Open(_, reply)) = self;
+        let _ = reply.send(answer);
+    }
+
+    /// Hands over the connection: the handle at once, or the open request to the connection's
+    /// actor, which answers the caller itself once the open is done.
+    pub(super) fn serve(self, handle: &ConnectionHandle) {
+        match self {
+            Self::Handle(reply) => {
+                let _ = reply.send(Ok(Some(handle.clone())));
+            }
+            Self::Open(params, reply) => {
+                let open = ConnectionMessage::Routed(Box::new(RoutedOpen {
+                    params,
+                    handle: handle.clone(),
+                    reply,
+                }));
+                if let Err(ractor::MessagingErr::SendErr(ConnectionMessage::Routed(open))) =
+                    handle.actor().send_message(open)
+                {
+                    // The actor stopped (closed, or crashed and not yet restarted): the caller
+                    // asks again and reaches whatever replaced it.
+                    let key = handle.key().clone();
+                    let _ = open.reply.send(Err(Error::Closed { key }));
+                }
+            }
+        }
+    }
+}
+
+pub(super) struct Pooled {
+    pub(super) handle: ConnectionHandle,
+    /// The params of its last successful open, for reopening after a crash.
+    pub(super) reopen_with: Option<ResolvedConnectionParams>,
+    pub(super) activity: Arc<Activity>,
+}
+
+pub(super) struct Quarantine {
+    pub(super) until: Instant,
+    pub(super) until_wall: SystemTime,
+    pub(super) reason: String,
+    pub(super) lineage: u64,
+}
+
+impl Slot {
+    pub(super) fn holds_a_connection(&self) -> bool {
+        !matches!(self, Slot::Quarantined(_))
+    }
+}
+
+pub(super) fn quarantined(key: &ConnectionKey, quarantine: &Quarantine, now: Instant) -> Error {
+    Error::Quarantined {
+        key: key.clone(),
+        remaining: quarantine.until.saturating_duration_since(now),
+        reason: quarantine.reason.clone(),
+    }
+}
+
+pub(super) fn answer_all(waiters: Vec<Waiter>, answer: impl Fn() -> GetOrCreateReply) {
+    for waiter in waiters {
+        waiter.answer(answer());
+    }
+}
