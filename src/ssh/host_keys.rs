@@ -1,0 +1,114 @@
+//! russh's per-session callbacks: host-key verification against the policy, and the loss
+//! report when the session ends.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use russh::client::{self, DisconnectReason};
+use russh::keys::{HashAlg, PublicKey};
+use tracing::{debug, info};
+
+use crate::connection::LossNotifier;
+
+use super::options::HostKeyPolicy;
+
+/// The session type every SSH connection holds.
+pub(super) type Session = client::Handle<ClientHandler>;
+
+/// russh's per-session callbacks: host-key verification and loss reporting.
+pub(super) struct ClientHandler {
+    pub(super) host: String,
+    pub(super) port: u16,
+    pub(super) policy: HostKeyPolicy,
+    /// Why the host key was refused, for a clear error (russh only says "unknown key").
+    pub(super) refusal: Arc<Mutex<Option<String>>>,
+    pub(super) alive: Arc<AtomicBool>,
+    pub(super) notifier: Option<LossNotifier>,
+}
+
+impl ClientHandler {
+    fn verify(&self, key: &PublicKey) -> Result<(), String> {
+        let (host, port) = (self.host.as_str(), self.port);
+        let fingerprint = key.fingerprint(HashAlg::Sha256);
+        let check = |path: &PathBuf| russh::keys::check_known_hosts_path(host, port, key, path);
+        match &self.policy {
+            HostKeyPolicy::AcceptAny => Ok(()),
+            HostKeyPolicy::Strict(path) => match check(path) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(format!(
+                    "host key {fingerprint} of {host}:{port} is not in {}",
+                    path.display()
+                )),
+                Err(russh::keys::Error::KeyChanged { line }) => Err(format!(
+                    "host key of {host}:{port} CHANGED: {fingerprint} does not match line {line} of {}",
+                    path.display()
+                )),
+                Err(error) => Err(format!(
+                    "cannot check the host key of {host}:{port} against {}: {error}",
+                    path.display()
+                )),
+            },
+            HostKeyPolicy::AcceptNew(path) => match check(path) {
+                Ok(true) => Ok(()),
+                Err(russh::keys::Error::KeyChanged { line }) => Err(format!(
+                    "host key of {host}:{port} CHANGED: {fingerprint} does not match line {line} of {}",
+                    path.display()
+                )),
+                // Unknown host (or no file yet): trust on first use.
+                Ok(false) | Err(_) => {
+                    russh::keys::known_hosts::learn_known_hosts_path(host, port, key, path)
+                        .map_err(|error| {
+                            format!("cannot record the host key in {}: {error}", path.display())
+                        })?;
+                    info!(%host, port, %fingerprint, "recorded a new host key");
+                    Ok(())
+                }
+            },
+        }
+    }
+}
+
+impl client::Handler for ClientHandler {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        server_public_key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let key = match server_public_key {
+            russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } => key.clone(),
+            // A certificate is checked by the key it certifies, as OpenSSH does without a
+            // @cert-authority line.
+            russh::keys::PublicKeyOrCertificate::Certificate(certificate) => {
+                PublicKey::new(certificate.public_key().clone(), "")
+            }
+        };
+        match self.verify(&key) {
+            Ok(()) => Ok(true),
+            Err(reason) => {
+                debug!(host = %self.host, %reason, "host key refused");
+                *self.refusal.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason);
+                Ok(false)
+            }
+        }
+    }
+
+    async fn disconnected(
+        &mut self,
+        reason: DisconnectReason<Self::Error>,
+    ) -> Result<(), Self::Error> {
+        // Report, don't propagate: the supervisor decides what a loss means.
+        self.alive.store(false, Ordering::SeqCst);
+        let reason = match reason {
+            DisconnectReason::ReceivedDisconnect(info) => {
+                format!("the server disconnected: {info:?}")
+            }
+            DisconnectReason::Error(error) => format!("the session ended: {error}"),
+        };
+        if let Some(notifier) = &self.notifier {
+            notifier.connection_lost(reason);
+        }
+        Ok(())
+    }
+}

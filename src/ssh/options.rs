@@ -1,0 +1,112 @@
+//! What the SSH plugin can be told: host-key policy, credentials, keepalive, channels.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How server host keys are checked. A refused key fails the open with
+/// [`FailureKind::HostKey`](crate::FailureKind::HostKey), which is permanent: it is not retried in a loop.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostKeyPolicy {
+    /// Only keys recorded in this known_hosts file are accepted; unknown and changed keys are
+    /// refused. The default, against `~/.ssh/known_hosts`.
+    Strict(PathBuf),
+    /// Unknown hosts have their key recorded in this file (trust on first use); a changed key
+    /// is refused.
+    AcceptNew(PathBuf),
+    /// Every key is accepted. Only for lab networks and tests: it gives up protection against
+    /// a man in the middle, so it must be chosen explicitly.
+    AcceptAny,
+}
+
+impl Default for HostKeyPolicy {
+    fn default() -> Self {
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        Self::Strict(home.join(".ssh").join("known_hosts"))
+    }
+}
+
+/// Where a private key comes from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum PrivateKeySource {
+    /// An OpenSSH or PEM private key file.
+    Path(PathBuf),
+    /// The key itself, in OpenSSH or PEM text form.
+    InMemory(String),
+}
+
+impl fmt::Debug for PrivateKeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Path(path) => f.debug_tuple("Path").field(path).finish(),
+            Self::InMemory(_) => f.write_str("InMemory(<redacted>)"),
+        }
+    }
+}
+
+/// Settings for every SSH connection the factory makes. Per host, `ResolvedConnectionParams`
+/// overrides them: `port`, `username`, `password`, and in `extras` `private_key_path`,
+/// `private_key` (the key text) and `private_key_passphrase`.
+///
+/// `Debug` never prints the password, the key or its passphrase.
+#[derive(Clone, PartialEq)]
+pub struct SshOptions {
+    /// Port when the params give none. Defaults to 22.
+    pub port: u16,
+    /// User when the params give none.
+    pub username: Option<String>,
+    /// Password when the params give none. Tried after the private key, if both are set.
+    pub password: Option<String>,
+    /// Private key when the params' extras give none. Tried first.
+    pub private_key: Option<PrivateKeySource>,
+    /// Passphrase of the private key, if it is encrypted.
+    pub private_key_passphrase: Option<String>,
+    /// How host keys are checked. Defaults to strict against `~/.ssh/known_hosts`.
+    pub host_key_policy: HostKeyPolicy,
+    /// How often to send a keepalive on an idle session. Defaults to 15 s; `None` turns
+    /// keepalives off (a dead peer is then noticed only when a request fails).
+    pub keepalive_interval: Option<Duration>,
+    /// Unanswered keepalives before the session is declared lost. Defaults to 3.
+    pub keepalive_max: usize,
+    /// Commands that may run at once on one connection, each on its own channel. Defaults to
+    /// 8, below OpenSSH's `MaxSessions` of 10.
+    pub max_channels: usize,
+}
+
+impl Default for SshOptions {
+    fn default() -> Self {
+        Self {
+            port: 22,
+            username: None,
+            password: None,
+            private_key: None,
+            private_key_passphrase: None,
+            host_key_policy: HostKeyPolicy::default(),
+            keepalive_interval: Some(Duration::from_secs(15)),
+            keepalive_max: 3,
+            max_channels: 8,
+        }
+    }
+}
+
+impl fmt::Debug for SshOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redacted = |set: bool| if set { Some("<redacted>") } else { None };
+        f.debug_struct("SshOptions")
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("password", &redacted(self.password.is_some()))
+            .field("private_key", &self.private_key)
+            .field(
+                "private_key_passphrase",
+                &redacted(self.private_key_passphrase.is_some()),
+            )
+            .field("host_key_policy", &self.host_key_policy)
+            .field("keepalive_interval", &self.keepalive_interval)
+            .field("keepalive_max", &self.keepalive_max)
+            .field("max_channels", &self.max_channels)
+            .finish()
+    }
+}

@@ -1,0 +1,246 @@
+//! One SSH connection on russh: connect, authenticate, run commands on channels of one
+//! session, and notice when the session ends.
+
+use std::fmt;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_trait::async_trait;
+use russh::client::{self};
+use russh::{ChannelMsg, Disconnect};
+use tracing::info;
+
+use crate::connection::{
+    CommandError, CommandOutput, CommandRunner, Connection, FailureKind, LossNotifier, OpenError,
+    ResolvedConnectionParams,
+};
+
+use super::auth::Credentials;
+use super::host_keys::{ClientHandler, Session};
+use super::options::SshOptions;
+
+/// One SSH connection: a russh session, opened and reopened by the supervisor.
+pub struct SshConnection {
+    options: Arc<SshOptions>,
+    session: Option<Arc<Session>>,
+    /// Cleared by russh's `disconnected` callback the moment the session ends.
+    alive: Arc<AtomicBool>,
+    notifier: Option<LossNotifier>,
+}
+
+impl fmt::Debug for SshConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SshConnection")
+            .field("options", &self.options)
+            .field("open", &self.session.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SshConnection {
+    /// An unopened connection with `options`.
+    pub fn new(options: Arc<SshOptions>) -> Self {
+        Self {
+            options,
+            session: None,
+            alive: Arc::new(AtomicBool::new(false)),
+            notifier: None,
+        }
+    }
+
+    async fn disconnect(&mut self) {
+        self.alive.store(false, Ordering::SeqCst);
+        if let Some(session) = self.session.take() {
+            let _ = session
+                .disconnect(Disconnect::ByApplication, "closing", "en")
+                .await;
+        }
+    }
+}
+
+#[async_trait]
+impl Connection for SshConnection {
+    fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::SeqCst)
+            && self
+                .session
+                .as_ref()
+                .is_some_and(|session| !session.is_closed())
+    }
+
+    fn set_loss_notifier(&mut self, notifier: LossNotifier) {
+        self.notifier = Some(notifier);
+    }
+
+    async fn open(&mut self, params: &ResolvedConnectionParams) -> Result<(), OpenError> {
+        // A reopen replaces whatever is left of the previous session.
+        self.disconnect().await;
+        let port = params.port.unwrap_or(self.options.port);
+        let host = params.hostname.as_str();
+        let credentials = Credentials::resolve(&self.options, params)?;
+
+        let addrs: Vec<_> = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| OpenError::new(FailureKind::Dns, format!("cannot resolve {host}: {e}")))?
+            .collect();
+        let stream = connect_any(&addrs, host, port).await?;
+        let _ = stream.set_nodelay(true);
+
+        let alive = Arc::new(AtomicBool::new(true));
+        let refusal = Arc::new(Mutex::new(None));
+        let handler = ClientHandler {
+            host: host.to_owned(),
+            port,
+            policy: self.options.host_key_policy.clone(),
+            refusal: refusal.clone(),
+            alive: alive.clone(),
+            notifier: self.notifier.clone(),
+        };
+        let config = Arc::new(client::Config {
+            nodelay: true,
+            keepalive_interval: self.options.keepalive_interval,
+            keepalive_max: self.options.keepalive_max,
+            ..client::Config::default()
+        });
+        let mut session = client::connect_stream(config, stream, handler)
+            .await
+            .map_err(|error| {
+                let refused = refusal
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take();
+                match refused {
+                    Some(reason) => OpenError::new(FailureKind::HostKey, reason),
+                    None => classify(&error, host, port),
+                }
+            })?;
+        credentials.authenticate(&mut session, host).await?;
+        info!(%host, port, user = %credentials.username, "ssh session open");
+        self.session = Some(Arc::new(session));
+        self.alive = alive;
+        Ok(())
+    }
+
+    async fn close(&mut self) {
+        self.disconnect().await;
+    }
+
+    async fn execute_command(&mut self, command: &str) -> Result<String, CommandError> {
+        let session = self
+            .session
+            .clone()
+            .ok_or_else(|| CommandError::ConnectionLost("not open".to_owned()))?;
+        run_on(&session, command).await?.into_result()
+    }
+
+    fn command_runner(&self) -> Option<(Arc<dyn CommandRunner>, usize)> {
+        let runner = SshRunner {
+            session: self.session.clone()?,
+            alive: self.alive.clone(),
+        };
+        Some((Arc::new(runner), self.options.max_channels))
+    }
+}
+
+/// Runs commands as parallel channels over one session.
+struct SshRunner {
+    session: Arc<Session>,
+    alive: Arc<AtomicBool>,
+}
+
+#[async_trait]
+impl CommandRunner for SshRunner {
+    async fn run(&self, command: &str) -> Result<CommandOutput, CommandError> {
+        run_on(&self.session, command).await
+    }
+
+    fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::SeqCst) && !self.session.is_closed()
+    }
+}
+
+async fn run_on(session: &Session, command: &str) -> Result<CommandOutput, CommandError> {
+    let lost = |what: &str, error: russh::Error| {
+        if session.is_closed() {
+            CommandError::ConnectionLost(format!("{what}: {error}"))
+        } else {
+            CommandError::Other(format!("{what}: {error}"))
+        }
+    };
+    let mut channel = session
+        .channel_open_session()
+        .await
+        .map_err(|e| lost("cannot open a channel", e))?;
+    channel
+        .exec(true, command)
+        .await
+        .map_err(|e| lost("cannot start the command", e))?;
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    let mut exit_status = None;
+    let mut closed_cleanly = false;
+    while let Some(message) = channel.wait().await {
+        match message {
+            ChannelMsg::Data { data } => stdout.extend_from_slice(&data),
+            ChannelMsg::ExtendedData { data, ext: 1 } => stderr.extend_from_slice(&data),
+            ChannelMsg::ExitStatus { exit_status: code } => exit_status = Some(code),
+            ChannelMsg::Eof | ChannelMsg::Close => closed_cleanly = true,
+            _ => {}
+        }
+    }
+    if exit_status.is_none() && !closed_cleanly {
+        return Err(CommandError::ConnectionLost(
+            "the session ended before the command finished".to_owned(),
+        ));
+    }
+    Ok(CommandOutput {
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        exit_status,
+    })
+}
+
+async fn connect_any(
+    addrs: &[std::net::SocketAddr],
+    host: &str,
+    port: u16,
+) -> Result<tokio::net::TcpStream, OpenError> {
+    let mut last = None;
+    for addr in addrs {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(stream) => return Ok(stream),
+            Err(error) => last = Some(error),
+        }
+    }
+    Err(match last {
+        Some(error) => classify_io(&error, host, port),
+        None => OpenError::new(FailureKind::Dns, format!("{host} resolved to no address")),
+    })
+}
+
+fn classify_io(error: &io::Error, host: &str, port: u16) -> OpenError {
+    let kind = match error.kind() {
+        io::ErrorKind::ConnectionRefused => FailureKind::Refused,
+        io::ErrorKind::TimedOut => FailureKind::Timeout,
+        _ => FailureKind::Transport,
+    };
+    OpenError::new(kind, format!("{host}:{port}: {error}"))
+}
+
+fn classify(error: &russh::Error, host: &str, port: u16) -> OpenError {
+    match error {
+        russh::Error::IO(io) => classify_io(io, host, port),
+        russh::Error::UnknownKey => OpenError::new(
+            FailureKind::HostKey,
+            format!("host key of {host}:{port} refused"),
+        ),
+        russh::Error::ConnectionTimeout | russh::Error::KeepaliveTimeout => {
+            OpenError::new(FailureKind::Timeout, format!("{host}:{port}: {error}"))
+        }
+        _ => OpenError::new(
+            FailureKind::Transport,
+            format!("ssh handshake with {host}:{port} failed: {error}"),
+        ),
+    }
+}
