@@ -378,16 +378,11 @@ impl Lab {
 
     /// A supervisor with the SSH plugin, strict host keys against this lab's file.
     async fn manager(&self, backoff: Backoff) -> ConnectionManager {
-        let options = SshOptions {
-            host_key_policy: HostKeyPolicy::Strict(self.known_hosts.clone()),
-            ..SshOptions::default()
-        };
+        let options =
+            SshOptions::default().host_key_policy(HostKeyPolicy::Strict(self.known_hosts.clone()));
         let config = SupervisorConfig::default()
             .factory(ssh::factory(options))
-            .policy(ConnectionPolicy {
-                backoff,
-                ..ConnectionPolicy::default()
-            });
+            .policy(ConnectionPolicy::default().backoff(backoff));
         ConnectionManager::spawn(config).await.expect("supervisor")
     }
 
@@ -428,12 +423,11 @@ impl Lab {
 }
 
 fn fast_backoff() -> Backoff {
-    Backoff {
-        initial: RECONNECT_BACKOFF,
-        max: Duration::from_secs(1),
-        multiplier: 2.0,
-        jitter: RECONNECT_JITTER,
-    }
+    Backoff::default()
+        .initial(RECONNECT_BACKOFF)
+        .max(Duration::from_secs(1))
+        .multiplier(2.0)
+        .jitter(RECONNECT_JITTER)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -16,14 +16,14 @@ use std::error::Error as StdError;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use connection_supervisor::runtime::{ConnectionSupervisor, SupervisorMessage};
 use connection_supervisor::ssh::{self, HostKeyPolicy, PLUGIN_NAME, SshOptions};
 use connection_supervisor::testing::{
     DEFAULT_PASSWORD, DEFAULT_USERNAME, SshTestServer, SshTestServerConfig, write_known_hosts,
 };
 use connection_supervisor::{
-    Backoff, ConnectionEvent, ConnectionKey, ConnectionManager, ConnectionPolicy,
-    ConnectionSupervisor, EventDelivery, EventKind, ResolvedConnectionParams, SupervisorConfig,
-    SupervisorMessage,
+    Backoff, ConnectionEvent, ConnectionKey, ConnectionManager, ConnectionPolicy, EventDelivery,
+    EventKind, ResolvedConnectionParams, SupervisorConfig,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent, call_t};
 
@@ -185,17 +185,13 @@ async fn main() -> Result<(), Box<dyn StdError>> {
     write_known_hosts(&known_hosts_path, devices.iter().map(|(_, device)| device))?;
 
     let config = SupervisorConfig::default()
-        .factory(ssh::factory(SshOptions {
-            host_key_policy: HostKeyPolicy::Strict(known_hosts_path.clone()),
-            ..SshOptions::default()
-        }))
-        .policy(ConnectionPolicy {
-            backoff: Backoff {
-                initial: Duration::from_millis(200),
-                ..Backoff::default()
-            },
-            ..ConnectionPolicy::default()
-        });
+        .factory(ssh::factory(SshOptions::default().host_key_policy(
+            HostKeyPolicy::Strict(known_hosts_path.clone()),
+        )))
+        .policy(
+            ConnectionPolicy::default()
+                .backoff(Backoff::default().initial(Duration::from_millis(200))),
+        );
     let (operator, operator_done) = Actor::spawn(None, Operator, config).await?;
 
     // Any part of the program can drive the supervisor, through the typed wrapper or with

@@ -510,18 +510,12 @@ async fn run(cli: Cli) -> Result<bool, String> {
     let targets: Vec<Arc<Target>> = targets.into_iter().map(Arc::new).collect();
 
     // Quick first retries so the demo shows the backoff within its outage.
-    let policy = ConnectionPolicy {
-        backoff: Backoff {
-            initial: Duration::from_millis(250),
-            max: Duration::from_secs(2),
-            ..Backoff::default()
-        },
-        ..ConnectionPolicy::default()
-    };
-    let options = SshOptions {
-        host_key_policy: host_keys,
-        ..SshOptions::default()
-    };
+    let policy = ConnectionPolicy::default().backoff(
+        Backoff::default()
+            .initial(Duration::from_millis(250))
+            .max(Duration::from_secs(2)),
+    );
+    let options = SshOptions::default().host_key_policy(host_keys);
     let config = SupervisorConfig::default()
         .factory(ssh::factory(options))
         .policy(policy);

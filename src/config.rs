@@ -11,7 +11,11 @@ use crate::connection::ConnectionFactory;
 use crate::error::Error;
 
 /// How long each kind of wait may last. Every wait in the crate is bounded by one of these.
+///
+/// Build it from the defaults with the setters, so that new timeouts can be added without
+/// breaking your code: `Timeouts::default().open(Duration::from_secs(5))`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Timeouts {
     /// Bound on a plugin's `open`, including the wait for an open slot (see
     /// [`SupervisorConfig::max_concurrent_opens`]). Defaults to 30 seconds.
@@ -34,6 +38,24 @@ impl Default for Timeouts {
 }
 
 impl Timeouts {
+    /// Sets the bound on a plugin's `open` (default 30 s).
+    pub fn open(mut self, timeout: Duration) -> Self {
+        self.open = timeout;
+        self
+    }
+
+    /// Sets the bound on commands, `with` closures, health checks and answers (default 30 s).
+    pub fn request(mut self, timeout: Duration) -> Self {
+        self.request = timeout;
+        self
+    }
+
+    /// Sets the bound on a plugin's `close` (default 10 s).
+    pub fn close(mut self, timeout: Duration) -> Self {
+        self.close = timeout;
+        self
+    }
+
     /// The longest a connection actor can be busy with one plugin call before it gets to a
     /// close queued behind it, plus the close itself: the bound on waiting for a close.
     pub(crate) fn close_wait(&self) -> Duration {
@@ -44,7 +66,10 @@ impl Timeouts {
 /// Exponential backoff with jitter between reconnect attempts, in the spirit of Elixir's
 /// DBConnection: attempt `n` waits `min(max, initial * multiplier^(n-1))`, then spread by
 /// `±jitter` so that hosts dropped together do not come back in lockstep.
+///
+/// Build it from the defaults with the setters: `Backoff::default().initial(ms(100))`.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct Backoff {
     /// Wait before the first reconnect attempt. Defaults to 500 ms.
     pub initial: Duration,
@@ -68,6 +93,30 @@ impl Default for Backoff {
 }
 
 impl Backoff {
+    /// Sets the wait before the first reconnect attempt (default 500 ms).
+    pub fn initial(mut self, wait: Duration) -> Self {
+        self.initial = wait;
+        self
+    }
+
+    /// Sets the upper bound on any wait (default 30 s).
+    pub fn max(mut self, wait: Duration) -> Self {
+        self.max = wait;
+        self
+    }
+
+    /// Sets the growth per attempt (default 2.0; at least 1).
+    pub fn multiplier(mut self, multiplier: f64) -> Self {
+        self.multiplier = multiplier;
+        self
+    }
+
+    /// Sets the relative spread, from 0.0 to 1.0 (default 0.2).
+    pub fn jitter(mut self, jitter: f64) -> Self {
+        self.jitter = jitter;
+        self
+    }
+
     /// The wait before attempt `attempt` (1-based) without jitter.
     pub fn base_delay(&self, attempt: u32) -> Duration {
         let exponent = attempt.saturating_sub(1).min(64) as i32;
@@ -108,7 +157,11 @@ impl Backoff {
 
 /// How the connections of one plugin are kept: timeouts, reconnects, health checks, idle and
 /// lifetime limits. Set a default for all plugins and override per plugin name.
+///
+/// Build it from the defaults with the setters:
+/// `ConnectionPolicy::default().reconnect(false).idle_timeout(Duration::from_secs(300))`.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct ConnectionPolicy {
     /// Timeouts for this plugin's calls.
     pub timeouts: Timeouts,
@@ -148,6 +201,56 @@ impl Default for ConnectionPolicy {
 }
 
 impl ConnectionPolicy {
+    /// Sets the timeouts for this plugin's calls.
+    pub fn timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = timeouts;
+        self
+    }
+
+    /// Sets whether a lost connection is reopened by itself (default true).
+    pub fn reconnect(mut self, reconnect: bool) -> Self {
+        self.reconnect = reconnect;
+        self
+    }
+
+    /// Sets the waits between reconnect attempts.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Sets how many reconnect attempts may fail with a permanent kind before giving up
+    /// (default 2).
+    pub fn permanent_failure_attempts(mut self, attempts: u32) -> Self {
+        self.permanent_failure_attempts = attempts;
+        self
+    }
+
+    /// Sets the number of failed reconnect attempts of any kind after which to give up;
+    /// `None` (the default) keeps trying.
+    pub fn max_reconnect_attempts(mut self, attempts: impl Into<Option<u32>>) -> Self {
+        self.max_reconnect_attempts = attempts.into();
+        self
+    }
+
+    /// Sets how often the plugin's health check runs while open; `None` (the default) never.
+    pub fn health_check_interval(mut self, interval: impl Into<Option<Duration>>) -> Self {
+        self.health_check_interval = interval.into();
+        self
+    }
+
+    /// Sets how long an unused connection is kept; `None` (the default) for ever.
+    pub fn idle_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.idle_timeout = timeout.into();
+        self
+    }
+
+    /// Sets how long after its creation a connection is closed; `None` (the default) never.
+    pub fn max_lifetime(mut self, lifetime: impl Into<Option<Duration>>) -> Self {
+        self.max_lifetime = lifetime.into();
+        self
+    }
+
     fn validate(&self, scope: &str) -> Result<(), Error> {
         for (name, value) in [
             ("open timeout", Some(self.timeouts.open)),
@@ -174,7 +277,10 @@ impl ConnectionPolicy {
 
 /// OTP-style restart intensity: a connection actor that fails more than `max_restarts` times
 /// within `window` is not restarted again; its key is quarantined for `quarantine`.
+///
+/// Build it from the defaults with the setters: `RestartPolicy::default().max_restarts(5)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RestartPolicy {
     /// Restarts allowed within `window`. Defaults to 3 (Elixir's default).
     pub max_restarts: u32,
@@ -194,8 +300,29 @@ impl Default for RestartPolicy {
     }
 }
 
+impl RestartPolicy {
+    /// Sets the restarts allowed within the window (default 3).
+    pub fn max_restarts(mut self, restarts: u32) -> Self {
+        self.max_restarts = restarts;
+        self
+    }
+
+    /// Sets the sliding window (default 5 s).
+    pub fn window(mut self, window: Duration) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// Sets how long a key that crashed too often refuses requests (default 30 s).
+    pub fn quarantine(mut self, quarantine: Duration) -> Self {
+        self.quarantine = quarantine;
+        self
+    }
+}
+
 /// What to do when a new connection would exceed a limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum AtLimit {
     /// Close the least recently used idle connection in the same scope to make room; refuse
     /// when none is idle. The default.

@@ -1,5 +1,6 @@
 //! The one error type every public call returns.
 
+use std::fmt;
 use std::time::Duration;
 
 use crate::connection::{CommandError, ConnectionKey, FailureKind, OpenError};
@@ -49,8 +50,9 @@ pub enum Error {
     PluginPanicked {
         /// The connection whose plugin panicked.
         key: ConnectionKey,
-        /// Which call panicked (`open`, `execute_command`, `with`, ...).
-        operation: &'static str,
+        /// Which call panicked ([`Operation::Open`], [`Operation::ExecuteCommand`],
+        /// [`Operation::With`], ...).
+        operation: Operation,
         /// The panic message.
         message: String,
     },
@@ -104,22 +106,39 @@ pub enum Error {
     LimitReached {
         /// The key that was refused.
         key: ConnectionKey,
-        /// `total` or `plugin "<name>"`.
-        scope: String,
+        /// Which limit: the total, or one plugin's.
+        scope: LimitScope,
         /// The limit.
         limit: usize,
     },
 
     /// No answer came within the bound. The work may still finish in the background; the
     /// caller just stopped waiting.
-    #[error("{operation} on {target} timed out after {after:?}")]
+    #[error(
+        "{operation} on {} timed out after {after:?}{}",
+        key.as_ref().map_or_else(|| "the supervisor".to_owned(), ToString::to_string),
+        stage.suffix()
+    )]
     Timeout {
-        /// What was waited for (`open`, `execute_command`, `close_all_connections`, ...).
-        operation: &'static str,
-        /// The key, or `supervisor` for calls that concern no single key.
-        target: String,
+        /// The call that timed out.
+        operation: Operation,
+        /// The connection it concerned; `None` for calls to the supervisor as a whole.
+        key: Option<ConnectionKey>,
+        /// What the call was waiting for when its bound ran out.
+        stage: Stage,
         /// How long the caller waited.
         after: Duration,
+    },
+
+    /// [`EventStream::wait_for`](crate::EventStream::wait_for) saw no matching event within its
+    /// bound. `last_seen` lists the last events it skipped, so a failing test says what
+    /// happened instead.
+    #[error("no matching event within {after:?}; last events seen: [{}]", last_seen.join("; "))]
+    EventNotSeen {
+        /// How long it waited.
+        after: Duration,
+        /// The last few events seen (at most eight), oldest first.
+        last_seen: Vec<String>,
     },
 
     /// The supervisor has shut down (or was stopped by its owner) and takes no more requests.
@@ -130,9 +149,18 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
 
-    /// The supervisor actor could not be started.
-    #[error("failed to start the connection supervisor: {0}")]
-    Spawn(String),
+    /// An actor could not be started: the supervisor (`key` is `None`), or a connection's actor
+    /// while its supervisor was stopping.
+    #[error(
+        "failed to start {}: {message}",
+        key.as_ref().map_or_else(|| "the connection supervisor".to_owned(), |key| format!("the actor of {key}"))
+    )]
+    Spawn {
+        /// The connection whose actor failed to start, if it was one.
+        key: Option<ConnectionKey>,
+        /// ractor's reason.
+        message: String,
+    },
 }
 
 impl Error {
@@ -145,9 +173,160 @@ impl Error {
                 cause: Some(cause), ..
             } => Some(cause.kind),
             Self::Timeout {
-                operation: "open", ..
+                operation: Operation::Open,
+                ..
             } => Some(FailureKind::Timeout),
             _ => None,
+        }
+    }
+
+    /// The key this error concerns, if it concerns one.
+    pub fn key(&self) -> Option<&ConnectionKey> {
+        match self {
+            Self::Open { key, .. }
+            | Self::Command { key, .. }
+            | Self::FactoryPanicked { key, .. }
+            | Self::PluginPanicked { key, .. }
+            | Self::WrongConnectionType { key, .. }
+            | Self::Closed { key }
+            | Self::Unavailable { key, .. }
+            | Self::Quarantined { key, .. }
+            | Self::LimitReached { key, .. } => Some(key),
+            Self::Timeout { key, .. } | Self::Spawn { key, .. } => key.as_ref(),
+            Self::FactoryNotSet
+            | Self::EventNotSeen { .. }
+            | Self::ShutDown
+            | Self::InvalidConfig(_) => None,
+        }
+    }
+}
+
+/// A call an [`Error`] can name: the public calls of the manager and of a handle, and the
+/// plugin's own methods. `Display` is the method's name (`open_connection`, `execute_command`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Operation {
+    /// [`ConnectionManager::set_connection_factory`](crate::ConnectionManager::set_connection_factory).
+    SetConnectionFactory,
+    /// [`ConnectionManager::get_or_create`](crate::ConnectionManager::get_or_create).
+    GetOrCreate,
+    /// [`ConnectionManager::open_connection`](crate::ConnectionManager::open_connection).
+    OpenConnection,
+    /// [`ConnectionManager::close_connection`](crate::ConnectionManager::close_connection).
+    CloseConnection,
+    /// [`ConnectionManager::close_all_connections`](crate::ConnectionManager::close_all_connections).
+    CloseAllConnections,
+    /// [`ConnectionManager::retry`](crate::ConnectionManager::retry).
+    Retry,
+    /// [`ConnectionManager::connection_status`](crate::ConnectionManager::connection_status).
+    ConnectionStatus,
+    /// [`ConnectionManager::subscribe`](crate::ConnectionManager::subscribe) and
+    /// `subscribe_actor`.
+    Subscribe,
+    /// [`ConnectionManager::connection_counters_for`](crate::ConnectionManager::connection_counters_for).
+    ConnectionCountersFor,
+    /// [`ConnectionManager::connection_counters_snapshot`](crate::ConnectionManager::connection_counters_snapshot).
+    ConnectionCountersSnapshot,
+    /// [`ConnectionManager::shutdown`](crate::ConnectionManager::shutdown).
+    Shutdown,
+    /// [`ConnectionManager::from_supervisor`](crate::ConnectionManager::from_supervisor) asking
+    /// the supervisor for its timeouts.
+    Timeouts,
+    /// A handle looking up its connection's restarted actor.
+    Resolve,
+    /// [`ConnectionHandle::wait_for_status`](crate::ConnectionHandle::wait_for_status).
+    WaitForStatus,
+    /// The plugin's `is_alive`, or [`ConnectionHandle::is_alive`](crate::ConnectionHandle::is_alive).
+    IsAlive,
+    /// The plugin's `open`, or [`ConnectionHandle::open`](crate::ConnectionHandle::open).
+    Open,
+    /// A command: the plugin's `execute_command` or its runner, or
+    /// [`ConnectionHandle::execute_command`](crate::ConnectionHandle::execute_command).
+    ExecuteCommand,
+    /// [`ConnectionHandle::run_command`](crate::ConnectionHandle::run_command).
+    RunCommand,
+    /// [`ConnectionHandle::with`](crate::ConnectionHandle::with).
+    With,
+    /// The plugin's `health_check`.
+    HealthCheck,
+    /// The plugin's `command_runner`.
+    CommandRunner,
+    /// The plugin's `close`.
+    Close,
+}
+
+impl Operation {
+    /// The method's name, as in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SetConnectionFactory => "set_connection_factory",
+            Self::GetOrCreate => "get_or_create",
+            Self::OpenConnection => "open_connection",
+            Self::CloseConnection => "close_connection",
+            Self::CloseAllConnections => "close_all_connections",
+            Self::Retry => "retry",
+            Self::ConnectionStatus => "connection_status",
+            Self::Subscribe => "subscribe",
+            Self::ConnectionCountersFor => "connection_counters_for",
+            Self::ConnectionCountersSnapshot => "connection_counters_snapshot",
+            Self::Shutdown => "shutdown",
+            Self::Timeouts => "timeouts",
+            Self::Resolve => "resolve",
+            Self::WaitForStatus => "wait_for_status",
+            Self::IsAlive => "is_alive",
+            Self::Open => "open",
+            Self::ExecuteCommand => "execute_command",
+            Self::RunCommand => "run_command",
+            Self::With => "with",
+            Self::HealthCheck => "health_check",
+            Self::CommandRunner => "command_runner",
+            Self::Close => "close",
+        }
+    }
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a timed-out call was waiting for when its bound ran out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Stage {
+    /// The answer: the actor's reply, or the plugin call it was running.
+    Answer,
+    /// A reconnect of its connection: the request was parked until the connection came back,
+    /// and it did not come back in time.
+    Reconnect,
+}
+
+impl Stage {
+    fn suffix(self) -> &'static str {
+        match self {
+            Self::Answer => "",
+            Self::Reconnect => " waiting for a reconnect",
+        }
+    }
+}
+
+/// Which connection limit refused a new connection.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LimitScope {
+    /// [`SupervisorConfig::max_connections`](crate::SupervisorConfig::max_connections).
+    Total,
+    /// [`SupervisorConfig::max_connections_for`](crate::SupervisorConfig::max_connections_for)
+    /// this plugin.
+    Plugin(String),
+}
+
+impl fmt::Display for LimitScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Total => f.write_str("total"),
+            Self::Plugin(name) => write!(f, "plugin {name:?}"),
         }
     }
 }

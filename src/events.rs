@@ -2,10 +2,17 @@
 //! tests and operators wait on instead of sleeping: the bus the actors publish on, the
 //! subscriber's [`EventStream`], and the forwarding task behind `subscribe_actor`.
 
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
+
+use futures::{Stream, StreamExt};
 
 use ractor::ActorRef;
 use tokio::sync::broadcast;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use crate::connection::ConnectionKey;
 use crate::error::Error;
@@ -104,6 +111,7 @@ impl EventKind {
 
 /// One lifecycle event of one connection.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct ConnectionEvent {
     /// The connection.
     pub key: ConnectionKey,
@@ -117,35 +125,65 @@ pub struct ConnectionEvent {
 /// [`ConnectionManager::subscribe`](crate::ConnectionManager::subscribe).
 ///
 /// Events of one key arrive in the order they happened. A subscriber that falls more than the
-/// configured capacity behind skips the oldest events and is told how many it missed.
-#[derive(Debug)]
+/// configured capacity behind skips the oldest events and is told how many it missed
+/// ([`missed`](Self::missed)).
+///
+/// It is a [`futures::Stream`] of [`ConnectionEvent`]s that ends once the supervisor has shut
+/// down and every event was read, so the stream combinators work on it; [`next`](Self::next)
+/// and [`wait_for`](Self::wait_for) are there for the common cases without importing
+/// `StreamExt`.
 pub struct EventStream {
-    receiver: broadcast::Receiver<ConnectionEvent>,
+    inner: BroadcastStream<ConnectionEvent>,
     missed: u64,
+}
+
+impl fmt::Debug for EventStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventStream")
+            .field("missed", &self.missed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stream for EventStream {
+    type Item = ConnectionEvent;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            match ready!(self.inner.poll_next_unpin(cx)) {
+                Some(Ok(event)) => return Poll::Ready(Some(event)),
+                Some(Err(BroadcastStreamRecvError::Lagged(missed))) => self.missed += missed,
+                None => return Poll::Ready(None),
+            }
+        }
+    }
 }
 
 impl EventStream {
     pub(crate) fn new(receiver: broadcast::Receiver<ConnectionEvent>) -> Self {
         Self {
-            receiver,
+            inner: BroadcastStream::new(receiver),
             missed: 0,
         }
     }
 
     /// The next event; `None` once the supervisor has shut down and every event was read.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: an event is taken from the stream only when this returns it.
     pub async fn next(&mut self) -> Option<ConnectionEvent> {
-        loop {
-            match self.receiver.recv().await {
-                Ok(event) => return Some(event),
-                Err(broadcast::error::RecvError::Lagged(missed)) => self.missed += missed,
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
-        }
+        StreamExt::next(self).await
     }
 
     /// Waits for the next event that matches `predicate`, skipping the others, for at most
-    /// `timeout`. The error names what was waited for and the last events seen, so a failing
+    /// `timeout`. The error ([`Error::EventNotSeen`]) lists the last events seen, so a failing
     /// test says what happened instead.
+    ///
+    /// # Cancel safety
+    ///
+    /// Events skipped before the future is dropped stay skipped; the matching event, if it
+    /// arrived, is lost with the future.
     pub async fn wait_for(
         &mut self,
         timeout: Duration,
@@ -167,15 +205,15 @@ impl EventStream {
         match tokio::time::timeout(timeout, search).await {
             Ok(Some(event)) => Ok(event),
             Ok(None) => Err(Error::ShutDown),
-            Err(_) => Err(Error::Timeout {
-                operation: "wait_for event",
-                target: format!("last events seen: [{}]", seen.join("; ")),
+            Err(_) => Err(Error::EventNotSeen {
                 after: timeout,
+                last_seen: seen,
             }),
         }
     }
 
-    /// Waits for `key`'s next event of the kind `matches` accepts.
+    /// Waits for `key`'s next event of the kind `matches` accepts. Cancel safety as
+    /// [`wait_for`](Self::wait_for).
     pub async fn wait_for_key(
         &mut self,
         key: &ConnectionKey,

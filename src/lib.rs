@@ -50,11 +50,30 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The public API lives in three files: [`connection`] (what a plugin implements), the manager
-//! (what a caller uses: [`ConnectionManager`], [`ConnectionHandle`], [`SupervisorConfig`]) and
-//! [`Error`]. The actors behind them ([`ConnectionSupervisor`], [`ConnectionActor`]) are public
-//! so that an actor system can link and message them directly; docs/architecture.md describes
-//! how a request flows through them.
+//! # Layout
+//!
+//! Bottom to top; each file depends only on files above it in this list (a file that names a
+//! type defined in another depends on it), so the crate reads top-down.
+//!
+//! - [`connection`]: what a plugin implements and is given: key, params, the [`Connection`]
+//!   and [`CommandRunner`] traits, their errors, the factory and the loss notifier.
+//! - `status.rs`: lifecycle state, status snapshot, failure info, counters: plain data.
+//! - `error.rs`: the one [`Error`] type, with the [`Operation`] and [`Stage`] it names.
+//! - `config.rs`: [`SupervisorConfig`] and the policies, with their defaults and validation.
+//! - `events.rs`: lifecycle [`ConnectionEvent`]s, the bus and the [`EventStream`].
+//! - `guard.rs`: every plugin call runs bounded and with panics caught.
+//! - `shared.rs`: the little that is shared between tasks instead of owned by an actor, and
+//!   who writes it.
+//! - [`runtime`]: the actors: `messages.rs` (the message enums and the [`ConnectionHandle`]
+//!   they answer with), `internal.rs` (their private messages), `supervisor/` (pool and
+//!   creation, restarts, limits, shutdown) and `connection/` (lifecycle, reconnect, commands,
+//!   timers).
+//! - `client/`: [`ConnectionManager`] and [`SupervisorGuard`] over the supervisor's messages,
+//!   and the async calls of [`ConnectionHandle`].
+//! - [`ssh`] (feature `ssh`) and [`testing`] (feature `testing`): beside the rest, depending
+//!   only on [`connection`].
+//!
+//! docs/architecture.md describes how a request flows through the actors.
 
 #![deny(missing_docs, missing_debug_implementations)]
 
@@ -72,16 +91,15 @@ mod status;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use client::ConnectionManager;
+pub use client::{ConnectionManager, SupervisorGuard};
 pub use config::{AtLimit, Backoff, ConnectionPolicy, RestartPolicy, SupervisorConfig, Timeouts};
 pub use connection::{
     CommandError, CommandOutput, CommandRunner, Connection, ConnectionFactory, ConnectionKey,
     Extras, FailureKind, LossNotifier, OpenError, ResolvedConnectionParams,
 };
-pub use error::Error;
+pub use error::{Error, LimitScope, Operation, Stage};
 pub use events::{CloseReason, ConnectionEvent, EventDelivery, EventKind, EventStream};
 pub use runtime::messages::ConnectionHandle;
-pub use runtime::{ConnectionActor, ConnectionMessage, ConnectionSupervisor, SupervisorMessage};
 pub use status::{ConnectionCounters, ConnectionState, ConnectionStatus, FailureInfo};
 
 /// Compiles the README's examples as doctests, so they cannot drift from the API.

@@ -20,7 +20,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::connection::{CommandError, CommandOutput, CommandRunner, ConnectionKey};
-use crate::error::Error;
+use crate::error::{Error, Operation, Stage};
 use crate::guard::{Outcome, guarded, sync_guarded};
 use crate::status::{ConnectionState, ConnectionStatus};
 
@@ -169,14 +169,15 @@ impl DirectRoute {
                 })
             }
             Outcome::TimedOut(after) => Err(Error::Timeout {
-                operation: "execute_command",
-                target: key.to_string(),
+                operation: Operation::ExecuteCommand,
+                key: Some(key.clone()),
+                stage: Stage::Answer,
                 after,
             }),
             Outcome::Panicked(message) => {
                 let error = Error::PluginPanicked {
                     key: key.clone(),
-                    operation: "execute_command",
+                    operation: Operation::ExecuteCommand,
                     message,
                 };
                 (self.notify)(RouteNotice::Panicked(error.clone()));

@@ -42,11 +42,22 @@ pub enum ConnectionState {
 /// Why something failed: the kind, which decides the retry policy, and a message that never
 /// contains secrets.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FailureInfo {
     /// What kind of failure it was.
     pub kind: FailureKind,
     /// What happened, in the plugin's or the supervisor's words.
     pub message: String,
+}
+
+impl FailureInfo {
+    /// A failure of `kind`, described by `message` (which must not contain secrets).
+    pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
 }
 
 impl fmt::Display for FailureInfo {
@@ -60,6 +71,7 @@ impl fmt::Display for FailureInfo {
 ///
 /// [`ConnectionManager::connection_status`]: crate::ConnectionManager::connection_status
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct ConnectionStatus {
     /// The lifecycle state.
     pub state: ConnectionState,
@@ -88,6 +100,7 @@ impl ConnectionStatus {
 /// Per-plugin counts of lifecycle calls, as upstream genja keeps them, plus what supervision
 /// adds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ConnectionCounters {
     /// Connections the factory made (it returned `Some`), restarts included.
     pub create_calls: usize,

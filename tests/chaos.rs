@@ -48,22 +48,20 @@ async fn chaos_keeps_every_promise() {
     let metrics = tokio::runtime::Handle::current().metrics();
     let baseline_tasks = metrics.num_alive_tasks();
 
-    let timeouts = Timeouts {
-        open: Duration::from_millis(800),
-        request: Duration::from_millis(800),
-        close: Duration::from_millis(300),
-    };
-    let policy = ConnectionPolicy {
-        timeouts,
-        backoff: Backoff {
-            initial: Duration::from_millis(50),
-            max: Duration::from_millis(400),
-            multiplier: 2.0,
-            jitter: 0.2,
-        },
-        health_check_interval: Some(Duration::from_millis(300)),
-        ..ConnectionPolicy::default()
-    };
+    let timeouts = Timeouts::default()
+        .open(Duration::from_millis(800))
+        .request(Duration::from_millis(800))
+        .close(Duration::from_millis(300));
+    let policy = ConnectionPolicy::default()
+        .timeouts(timeouts)
+        .backoff(
+            Backoff::default()
+                .initial(Duration::from_millis(50))
+                .max(Duration::from_millis(400))
+                .multiplier(2.0)
+                .jitter(0.2),
+        )
+        .health_check_interval(Some(Duration::from_millis(300)));
     let plugin = FaultPlugin::new("chaos");
     let config = SupervisorConfig::default()
         .factory(plugin.factory())
@@ -72,11 +70,12 @@ async fn chaos_keeps_every_promise() {
         // counted by the supervisor is an open the plugin saw fail, and the two can be
         // compared exactly. Bounded opens have their own test.
         .max_concurrent_opens(KEYS)
-        .restart_policy(RestartPolicy {
-            max_restarts: 3,
-            window: Duration::from_secs(1),
-            quarantine: Duration::from_millis(500),
-        });
+        .restart_policy(
+            RestartPolicy::default()
+                .max_restarts(3)
+                .window(Duration::from_secs(1))
+                .quarantine(Duration::from_millis(500)),
+        );
     let manager = ConnectionManager::spawn(config).await.unwrap();
     // Half the hosts run commands concurrently, straight from their handles, as SSH does.
     for i in (0..KEYS).step_by(2) {

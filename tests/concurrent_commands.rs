@@ -17,15 +17,13 @@ use tokio::sync::oneshot;
 const WAIT: Duration = Duration::from_secs(60);
 
 fn policy() -> ConnectionPolicy {
-    ConnectionPolicy {
-        backoff: Backoff {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-            multiplier: 2.0,
-            jitter: 0.2,
-        },
-        ..ConnectionPolicy::default()
-    }
+    ConnectionPolicy::default().backoff(
+        Backoff::default()
+            .initial(Duration::from_millis(100))
+            .max(Duration::from_secs(1))
+            .multiplier(2.0)
+            .jitter(0.2),
+    )
 }
 
 /// A supervisor over `plugin`, whose host `host` runs up to `limit` commands at once, and that
@@ -261,10 +259,7 @@ async fn closing_ends_running_commands_and_refuses_those_waiting_for_a_slot() {
 #[tokio::test(start_paused = true)]
 async fn a_command_longer_than_the_idle_timeout_is_not_cut_off_as_idle() {
     let plugin = FaultPlugin::new("fault");
-    let policy = ConnectionPolicy {
-        idle_timeout: Some(Duration::from_secs(1)),
-        ..policy()
-    };
+    let policy = policy().idle_timeout(Some(Duration::from_secs(1)));
     let (manager, mut events, handle) = start(&plugin, policy, "r1", 4).await;
     // Runs through five idle checks; only the time since it ended counts as idle.
     handle.execute_command("sleep 5000").await.unwrap();

@@ -6,9 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use connection_supervisor::{
-    ConnectionManager, ConnectionSupervisor, Error, SupervisorConfig, SupervisorMessage,
-};
+use connection_supervisor::runtime::{ConnectionSupervisor, SupervisorMessage};
+use connection_supervisor::{ConnectionManager, Error, SupervisorConfig};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent, call_t};
 use tokio::sync::mpsc;
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::*;
 use connection_supervisor::{
     Connection, ConnectionFactory, ConnectionKey, ConnectionManager, ConnectionState, Error,
-    FailureKind, SupervisorConfig,
+    FailureKind, Operation, SupervisorConfig,
 };
 use futures::FutureExt;
 
@@ -202,7 +202,7 @@ async fn a_panic_inside_with_is_a_plugin_panic() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&error, Error::PluginPanicked { operation: "with", message, .. } if message.contains("closure bug")),
+        matches!(&error, Error::PluginPanicked { operation: Operation::With, message, .. } if message.contains("closure bug")),
         "{error:?}"
     );
     manager.shutdown().await.unwrap();
@@ -224,7 +224,7 @@ async fn a_hanging_open_times_out_with_a_timeout_kind() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&error, Error::Timeout { operation: "open", after, .. } if *after == Duration::from_secs(5)),
+        matches!(&error, Error::Timeout { operation: Operation::Open, after, .. } if *after == Duration::from_secs(5)),
         "{error:?}"
     );
     assert_eq!(error.failure_kind(), Some(FailureKind::Timeout));

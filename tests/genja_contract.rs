@@ -10,12 +10,11 @@ use connection_supervisor::{
 };
 
 fn counters(create: usize, open: usize, close: usize) -> ConnectionCounters {
-    ConnectionCounters {
-        create_calls: create,
-        open_calls: open,
-        close_calls: close,
-        ..ConnectionCounters::default()
-    }
+    let mut counters = ConnectionCounters::default();
+    counters.create_calls = create;
+    counters.open_calls = open;
+    counters.close_calls = close;
+    counters
 }
 
 #[tokio::test]

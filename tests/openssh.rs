@@ -143,10 +143,7 @@ async fn setup(test: &str) -> Option<(MutexGuard<'static, ()>, Fixture)> {
 }
 
 fn options(host_key_policy: HostKeyPolicy) -> SshOptions {
-    SshOptions {
-        host_key_policy,
-        ..SshOptions::default()
-    }
+    SshOptions::default().host_key_policy(host_key_policy)
 }
 
 /// The SSH plugin's counters, which every test here has by the time it asks.
@@ -162,19 +159,18 @@ fn key() -> ConnectionKey {
 /// A supervisor with the SSH factory, quick reconnects and bounds well inside the test's
 /// budget, and a subscription to its events.
 async fn manager(options: SshOptions) -> (ConnectionManager, EventStream) {
-    let policy = ConnectionPolicy {
-        timeouts: Timeouts {
-            open: Duration::from_secs(10),
-            request: Duration::from_secs(10),
-            close: Duration::from_secs(5),
-        },
-        backoff: Backoff {
-            initial: Duration::from_millis(200),
-            max: Duration::from_secs(1),
-            ..Backoff::default()
-        },
-        ..ConnectionPolicy::default()
-    };
+    let policy = ConnectionPolicy::default()
+        .timeouts(
+            Timeouts::default()
+                .open(Duration::from_secs(10))
+                .request(Duration::from_secs(10))
+                .close(Duration::from_secs(5)),
+        )
+        .backoff(
+            Backoff::default()
+                .initial(Duration::from_millis(200))
+                .max(Duration::from_secs(1)),
+        );
     let config = SupervisorConfig::default()
         .factory(ssh::factory(options))
         .policy(policy);
@@ -243,10 +239,9 @@ async fn commands_report_stdout_stderr_and_exit_status_with_password_and_key_aut
     let Some((_lock, fx)) = setup("commands_report_stdout_stderr_and_exit_status").await else {
         return;
     };
-    let key_in_options = SshOptions {
-        private_key: Some(PrivateKeySource::Path(fx.key.clone())),
-        ..fx.strict_options()
-    };
+    let key_in_options = fx
+        .strict_options()
+        .private_key(PrivateKeySource::Path(fx.key.clone()));
     let mut no_credentials = fx.password_params();
     no_credentials.password = None;
     let logins = [

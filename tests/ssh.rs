@@ -46,11 +46,9 @@ fn known_hosts(servers: &[&SshTestServer]) -> PathBuf {
 }
 
 fn options(policy: HostKeyPolicy) -> SshOptions {
-    SshOptions {
-        host_key_policy: policy,
-        keepalive_interval: Some(Duration::from_secs(5)),
-        ..SshOptions::default()
-    }
+    SshOptions::default()
+        .host_key_policy(policy)
+        .keepalive_interval(Some(Duration::from_secs(5)))
 }
 
 fn params(server: &SshTestServer) -> ResolvedConnectionParams {
@@ -68,15 +66,13 @@ fn key(name: &str) -> ConnectionKey {
 }
 
 async fn manager(options: SshOptions) -> (ConnectionManager, EventStream) {
-    let policy = ConnectionPolicy {
-        backoff: Backoff {
-            initial: Duration::from_millis(50),
-            max: Duration::from_millis(200),
-            multiplier: 2.0,
-            jitter: 0.2,
-        },
-        ..ConnectionPolicy::default()
-    };
+    let policy = ConnectionPolicy::default().backoff(
+        Backoff::default()
+            .initial(Duration::from_millis(50))
+            .max(Duration::from_millis(200))
+            .multiplier(2.0)
+            .jitter(0.2),
+    );
     let config = SupervisorConfig::default()
         .factory(ssh::factory(options))
         .policy(policy);
@@ -235,10 +231,10 @@ async fn public_key_auth_from_options_or_from_the_hosts_extras() {
     no_password.password = None;
 
     // In memory, from the options.
-    let (manager_a, _) = manager(SshOptions {
-        private_key: Some(PrivateKeySource::InMemory(text.clone())),
-        ..options(HostKeyPolicy::Strict(known_hosts(&[&server])))
-    })
+    let (manager_a, _) = manager(
+        options(HostKeyPolicy::Strict(known_hosts(&[&server])))
+            .private_key(PrivateKeySource::InMemory(text.clone())),
+    )
     .await;
     let handle = manager_a
         .open_connection(&key("r1"), &no_password)
@@ -476,14 +472,12 @@ async fn two_hundred_hosts_open_at_once_and_fifty_dropped_ones_all_come_back() {
 
 #[test]
 fn ssh_options_never_print_secrets() {
-    let options = SshOptions {
-        password: Some("hunter2".into()),
-        private_key: Some(PrivateKeySource::InMemory(
+    let options = SshOptions::default()
+        .password("hunter2")
+        .private_key(PrivateKeySource::InMemory(
             "-----BEGIN OPENSSH PRIVATE KEY----- s3cr3t".into(),
-        )),
-        private_key_passphrase: Some("p4ss".into()),
-        ..SshOptions::default()
-    };
+        ))
+        .private_key_passphrase("p4ss");
     let shown = format!("{options:?}");
     for secret in ["hunter2", "s3cr3t", "p4ss"] {
         assert!(!shown.contains(secret), "{secret} in {shown}");

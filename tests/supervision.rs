@@ -7,26 +7,22 @@ use std::time::Duration;
 use connection_supervisor::testing::{FaultLedger, FaultPlugin};
 use connection_supervisor::{
     AtLimit, Backoff, CloseReason, ConnectionManager, ConnectionPolicy, ConnectionState, Error,
-    EventDelivery, EventKind, EventStream, FailureKind, ResolvedConnectionParams, RestartPolicy,
-    SupervisorConfig,
+    EventDelivery, EventKind, EventStream, FailureKind, Operation, ResolvedConnectionParams,
+    RestartPolicy, Stage, SupervisorConfig,
 };
 
 const WAIT: Duration = Duration::from_secs(120);
 
 fn backoff() -> Backoff {
-    Backoff {
-        initial: Duration::from_millis(100),
-        max: Duration::from_secs(2),
-        multiplier: 2.0,
-        jitter: 0.2,
-    }
+    Backoff::default()
+        .initial(Duration::from_millis(100))
+        .max(Duration::from_secs(2))
+        .multiplier(2.0)
+        .jitter(0.2)
 }
 
 fn policy() -> ConnectionPolicy {
-    ConnectionPolicy {
-        backoff: backoff(),
-        ..ConnectionPolicy::default()
-    }
+    ConnectionPolicy::default().backoff(backoff())
 }
 
 async fn start(plugin: &FaultPlugin, config: SupervisorConfig) -> (ConnectionManager, EventStream) {
@@ -255,15 +251,13 @@ async fn requests_during_a_reconnect_wait_for_it_and_run_once_it_is_back() {
 #[tokio::test(start_paused = true)]
 async fn an_explicit_retry_cuts_the_backoff_short_and_runs_the_waiting_requests() {
     let plugin = FaultPlugin::new("fault");
-    let slow_backoff = ConnectionPolicy {
-        backoff: Backoff {
-            initial: Duration::from_secs(20),
-            max: Duration::from_secs(20),
-            multiplier: 1.0,
-            jitter: 0.0,
-        },
-        ..ConnectionPolicy::default()
-    };
+    let slow_backoff = ConnectionPolicy::default().backoff(
+        Backoff::default()
+            .initial(Duration::from_secs(20))
+            .max(Duration::from_secs(20))
+            .multiplier(1.0)
+            .jitter(0.0),
+    );
     let (manager, mut events) =
         start(&plugin, SupervisorConfig::default().policy(slow_backoff)).await;
     let key = plugin.key("r1");
@@ -315,7 +309,13 @@ async fn a_request_waiting_for_a_reconnect_is_bounded_and_never_runs_late() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&error, Error::Timeout { target, .. } if target.contains("waiting for a reconnect")),
+        matches!(
+            &error,
+            Error::Timeout {
+                stage: Stage::Reconnect,
+                ..
+            }
+        ),
         "{error:?}"
     );
     assert!(
@@ -385,10 +385,8 @@ async fn a_request_in_flight_when_the_session_drops_fails_as_lost_and_is_not_rer
 #[tokio::test(start_paused = true)]
 async fn a_health_check_finds_a_silently_dead_session() {
     let plugin = FaultPlugin::new("fault");
-    let config = SupervisorConfig::default().policy(ConnectionPolicy {
-        health_check_interval: Some(Duration::from_secs(5)),
-        ..policy()
-    });
+    let config = SupervisorConfig::default()
+        .policy(policy().health_check_interval(Some(Duration::from_secs(5))));
     let (manager, mut events) = start(&plugin, config).await;
     let key = plugin.key("r1");
     manager.open_connection(&key, &params("r1")).await.unwrap();
@@ -463,7 +461,7 @@ async fn a_crash_restarts_the_key_reopened_with_its_last_params_and_old_handles_
         matches!(
             &error,
             Error::PluginPanicked {
-                operation: "execute_command",
+                operation: Operation::ExecuteCommand,
                 ..
             }
         ),
@@ -510,11 +508,10 @@ async fn a_crash_restarts_the_key_reopened_with_its_last_params_and_old_handles_
 #[tokio::test(start_paused = true)]
 async fn crashing_too_often_quarantines_only_that_key_until_the_cool_down_ends() {
     let plugin = FaultPlugin::new("fault");
-    let restart = RestartPolicy {
-        max_restarts: 3,
-        window: Duration::from_secs(5),
-        quarantine: Duration::from_secs(30),
-    };
+    let restart = RestartPolicy::default()
+        .max_restarts(3)
+        .window(Duration::from_secs(5))
+        .quarantine(Duration::from_secs(30));
     let config = SupervisorConfig::default()
         .policy(policy())
         .restart_policy(restart);
@@ -688,17 +685,8 @@ async fn at_the_limit_refusal_names_the_scope_and_the_key() {
 async fn idle_and_old_connections_are_closed_through_the_pool() {
     let plugin = FaultPlugin::new("fault");
     let config = SupervisorConfig::default()
-        .policy(ConnectionPolicy {
-            idle_timeout: Some(Duration::from_secs(60)),
-            ..policy()
-        })
-        .plugin_policy(
-            "old",
-            ConnectionPolicy {
-                max_lifetime: Some(Duration::from_secs(600)),
-                ..policy()
-            },
-        );
+        .policy(policy().idle_timeout(Some(Duration::from_secs(60))))
+        .plugin_policy("old", policy().max_lifetime(Some(Duration::from_secs(600))));
     let old_plugin = FaultPlugin::new("old");
     let olds = old_plugin.factory();
     let faults = plugin.factory();
@@ -815,12 +803,12 @@ async fn shutdown_stops_every_actor_task_and_timer_and_ends_subscriptions() {
     let metrics = tokio::runtime::Handle::current().metrics();
     let baseline = metrics.num_alive_tasks();
     let plugin = FaultPlugin::new("fault");
-    let config = SupervisorConfig::default().policy(ConnectionPolicy {
-        health_check_interval: Some(Duration::from_secs(60)),
-        idle_timeout: Some(Duration::from_secs(600)),
-        max_lifetime: Some(Duration::from_secs(3600)),
-        ..policy()
-    });
+    let config = SupervisorConfig::default().policy(
+        policy()
+            .health_check_interval(Some(Duration::from_secs(60)))
+            .idle_timeout(Some(Duration::from_secs(600)))
+            .max_lifetime(Some(Duration::from_secs(3600))),
+    );
     let (manager, mut events) = start(&plugin, config).await;
     let (sink, _sink_join) = ractor::Actor::spawn(None, EventSink, ()).await.unwrap();
     manager.subscribe_actor(sink.clone(), Some).await.unwrap();

@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 
 use crate::client::manager::ask_supervisor;
 use crate::connection::{CommandOutput, Connection, ConnectionKey, ResolvedConnectionParams};
-use crate::error::Error;
+use crate::error::{Error, Operation, Stage};
 use crate::runtime::internal::WithJob;
 use crate::runtime::messages::{ConnectionHandle, ConnectionMessage, SupervisorMessage};
 use crate::shared::{Direct, DirectRoute};
@@ -43,6 +43,10 @@ async fn deliver<T>(
 impl ConnectionHandle {
     /// Waits until this instance's status satisfies `predicate`, for at most `timeout`; for
     /// tests and for callers that want to act on a state change without polling.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only watches.
     pub async fn wait_for_status(
         &self,
         timeout: Duration,
@@ -54,27 +58,40 @@ impl ConnectionHandle {
             Ok(Ok(found)) => Ok(found.status.clone()),
             // The actor ended without ever reaching that status.
             Ok(Err(_)) => Err(self.closed()),
-            Err(_) => Err(self.timed_out("wait_for_status", timeout)),
+            Err(_) => Err(self.timed_out(Operation::WaitForStatus, timeout)),
         }
     }
 
     /// Asks the plugin whether the connection is alive.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only asks.
     pub async fn is_alive(&self) -> Result<bool, Error> {
         self.ask(
             |reply| ConnectionMessage::IsAlive { reply },
             self.timeouts.request,
-            "is_alive",
+            Operation::IsAlive,
         )
         .await?
     }
 
     /// Opens the connection with `params` unless it is already alive (then nothing is
     /// counted). Bounded by the open timeout.
+    ///
+    /// # Cancel safety
+    ///
+    /// Once sent, the open runs in the connection's actor even if this future is dropped; the
+    /// connection may end up open.
     pub async fn open(&self, params: &ResolvedConnectionParams) -> Result<(), Error> {
         self.open_within(params, self.timeouts.open).await
     }
 
     /// Opens with its own bound instead of the open timeout.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`open`](Self::open).
     pub async fn open_within(
         &self,
         params: &ResolvedConnectionParams,
@@ -87,19 +104,30 @@ impl ConnectionHandle {
                 reply,
             },
             timeout + self.timeouts.request,
-            "open",
+            Operation::Open,
         )
         .await?
     }
 
     /// Runs `command` and returns its output. Waits for a reconnect in progress; the whole
     /// call is bounded by the request timeout.
+    ///
+    /// # Cancel safety
+    ///
+    /// When the plugin runs commands concurrently and the connection is open, the command runs on
+    /// this future: dropping it drops the plugin's call (the SSH plugin's channel with it).
+    /// Otherwise the command was sent to the connection's actor and runs there even if this future
+    /// is dropped; its output is discarded.
     pub async fn execute_command(&self, command: &str) -> Result<String, Error> {
         self.execute_command_within(command, self.timeouts.request)
             .await
     }
 
     /// Runs `command` with its own bound instead of the request timeout.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`execute_command`](Self::execute_command).
     pub async fn execute_command_within(
         &self,
         command: &str,
@@ -123,19 +151,27 @@ impl ConnectionHandle {
                 reply,
             },
             timeout + self.timeouts.request,
-            "execute_command",
+            Operation::ExecuteCommand,
         )
         .await?
     }
 
     /// Runs `command` and returns everything it produced: stdout, stderr and exit status,
     /// whatever the status (only failures to run it at all are errors).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`execute_command`](Self::execute_command).
     pub async fn run_command(&self, command: &str) -> Result<CommandOutput, Error> {
         self.run_command_within(command, self.timeouts.request)
             .await
     }
 
     /// [`run_command`](Self::run_command) with its own bound instead of the request timeout.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`execute_command`](Self::execute_command).
     pub async fn run_command_within(
         &self,
         command: &str,
@@ -152,7 +188,7 @@ impl ConnectionHandle {
                 reply,
             },
             timeout + self.timeouts.request,
-            "run_command",
+            Operation::RunCommand,
         )
         .await?
     }
@@ -160,6 +196,11 @@ impl ConnectionHandle {
     /// Runs `f` inside the connection's actor with the concrete plugin type `C`, for what the
     /// [`Connection`] trait does not cover. Asking for the wrong type is
     /// [`Error::WrongConnectionType`]. Bounded by the request timeout.
+    ///
+    /// # Cancel safety
+    ///
+    /// Once sent, the closure runs in the connection's actor even if this future is dropped; its
+    /// result is discarded.
     pub async fn with<C, R>(
         &self,
         f: impl for<'a> FnOnce(&'a mut C) -> BoxFuture<'a, R> + Send + 'static,
@@ -194,7 +235,7 @@ impl ConnectionHandle {
         };
         match delivery {
             Delivery::Answered(answer) => answer?,
-            Delivery::TimedOut => return Err(self.timed_out("with", bound)),
+            Delivery::TimedOut => return Err(self.timed_out(Operation::With, bound)),
             Delivery::Gone(_) => return Err(self.closed()),
         }
         result_rx.await.map_err(|_| self.closed())
@@ -225,7 +266,7 @@ impl ConnectionHandle {
         &self,
         build: impl Fn(RpcReplyPort<T>) -> ConnectionMessage,
         bound: Duration,
-        operation: &'static str,
+        operation: Operation,
     ) -> Result<T, Error> {
         let (tx, rx) = oneshot::channel();
         match deliver(&self.actor, build(tx.into()), rx, bound).await {
@@ -254,7 +295,7 @@ impl ConnectionHandle {
                 reply,
             },
             self.timeouts.open + self.timeouts.request,
-            "resolve",
+            Operation::Resolve,
         )
         .await;
         match resolved {
@@ -264,10 +305,11 @@ impl ConnectionHandle {
         }
     }
 
-    fn timed_out(&self, operation: &'static str, after: Duration) -> Error {
+    fn timed_out(&self, operation: Operation, after: Duration) -> Error {
         Error::Timeout {
             operation,
-            target: self.key.to_string(),
+            key: Some(ConnectionKey::clone(&self.key)),
+            stage: Stage::Answer,
             after,
         }
     }

@@ -15,7 +15,7 @@ use ractor::{ActorRef, Message, RpcReplyPort};
 
 use crate::config::{SupervisorConfig, Timeouts};
 use crate::connection::{ConnectionFactory, ConnectionKey, ResolvedConnectionParams};
-use crate::error::Error;
+use crate::error::{Error, Operation, Stage};
 use crate::events::{EventDelivery, EventStream, forward_to_actor};
 use crate::runtime::ConnectionSupervisor;
 use crate::runtime::messages::{ConnectionHandle, SupervisorMessage};
@@ -26,14 +26,15 @@ pub(crate) async fn ask_supervisor<T: Send + 'static>(
     supervisor: &ActorRef<SupervisorMessage>,
     build: impl FnOnce(RpcReplyPort<T>) -> SupervisorMessage,
     bound: Duration,
-    operation: &'static str,
+    operation: Operation,
 ) -> Result<T, Error> {
     use ractor::rpc::CallResult;
     match supervisor.call(build, Some(bound)).await {
         Ok(CallResult::Success(answer)) => Ok(answer),
         Ok(CallResult::Timeout) => Err(Error::Timeout {
             operation,
-            target: "supervisor".to_owned(),
+            key: None,
+            stage: Stage::Answer,
             after: bound,
         }),
         Ok(CallResult::SenderError) | Err(_) => Err(Error::ShutDown),
@@ -62,6 +63,11 @@ impl fmt::Debug for ConnectionManager {
 
 impl ConnectionManager {
     /// Starts a supervisor with `factory` and the default configuration.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: dropped after the supervisor actor started, it leaves a supervisor running
+    /// that nobody holds. Don't race it against a timer; `spawn` bounds itself.
     pub async fn with_connection_factory(factory: Arc<ConnectionFactory>) -> Result<Self, Error> {
         Self::spawn(SupervisorConfig::default().factory(factory)).await
     }
@@ -69,12 +75,20 @@ impl ConnectionManager {
     /// Starts a supervisor with `config`. The supervisor is an unlinked, unnamed actor; to put
     /// it under a supervisor of your own, spawn [`ConnectionSupervisor`] with
     /// `Actor::spawn_linked` and use [`from_supervisor`](Self::from_supervisor).
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: dropped after the supervisor actor started, it leaves a supervisor running
+    /// that nobody holds. Don't race it against a timer; it returns as soon as the actor is up.
     pub async fn spawn(config: SupervisorConfig) -> Result<Self, Error> {
         config.validate()?;
         let timeouts = config.default_policy.timeouts;
         let (supervisor, _join) = ractor::Actor::spawn(None, ConnectionSupervisor, config)
             .await
-            .map_err(|error| Error::Spawn(error.to_string()))?;
+            .map_err(|error| Error::Spawn {
+                key: None,
+                message: error.to_string(),
+            })?;
         Ok(Self {
             supervisor,
             timeouts,
@@ -83,12 +97,16 @@ impl ConnectionManager {
 
     /// Wraps a supervisor that is already running (for example one you linked under your own
     /// actor), asking it for its timeouts.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only asks the supervisor for its timeouts.
     pub async fn from_supervisor(supervisor: ActorRef<SupervisorMessage>) -> Result<Self, Error> {
         let timeouts = ask_supervisor(
             &supervisor,
             |reply| SupervisorMessage::Timeouts { reply },
             Timeouts::default().request,
-            "timeouts",
+            Operation::Timeouts,
         )
         .await?;
         Ok(Self {
@@ -108,13 +126,18 @@ impl ConnectionManager {
     }
 
     /// Sets (or replaces) the factory. Connections already pooled are kept.
+    ///
+    /// # Cancel safety
+    ///
+    /// Once sent, the message is handled even if this future is dropped: the factory may be
+    /// replaced without the caller knowing.
     pub async fn set_connection_factory(
         &self,
         factory: Arc<ConnectionFactory>,
     ) -> Result<(), Error> {
         self.ask(
             |reply| SupervisorMessage::SetFactory { factory, reply },
-            "set_connection_factory",
+            Operation::SetConnectionFactory,
         )
         .await
     }
@@ -122,13 +145,18 @@ impl ConnectionManager {
     /// The pooled connection for `key`, created through the factory if there is none yet;
     /// `Ok(None)` when the factory has no plugin for the key (nothing is pooled then, and the
     /// next call asks the factory again). Concurrent calls for one key create it once.
+    ///
+    /// # Cancel safety
+    ///
+    /// Once sent, the request is handled even if this future is dropped: the connection may be
+    /// created and pooled, where the next call finds it (and close-all or shutdown closes it).
     pub async fn get_or_create(
         &self,
         key: ConnectionKey,
     ) -> Result<Option<ConnectionHandle>, Error> {
         self.ask(
             |reply| SupervisorMessage::GetOrCreate { key, reply },
-            "get_or_create",
+            Operation::GetOrCreate,
         )
         .await?
     }
@@ -138,6 +166,11 @@ impl ConnectionManager {
     /// A failed open returns the plugin's error ([`Error::Open`]) and leaves the instance
     /// pooled, so the next call retries on it. While the connection is reconnecting, waits for
     /// the reconnect instead of starting another attempt.
+    ///
+    /// # Cancel safety
+    ///
+    /// Once sent, the request is handled even if this future is dropped: the connection may be
+    /// created, pooled and opened, and stays so; the next call finds it open.
     pub async fn open_connection(
         &self,
         key: &ConnectionKey,
@@ -158,7 +191,7 @@ impl ConnectionManager {
                     reply,
                 },
                 bound,
-                "open_connection",
+                Operation::OpenConnection,
             )
             .await?;
             match answer {
@@ -172,10 +205,15 @@ impl ConnectionManager {
     /// Closes the connection for `key` and removes it from the pool; an unknown key is `Ok` and
     /// counts nothing. Returns once the plugin's `close` has returned or timed out. Closing a
     /// quarantined key lifts the quarantine.
+    ///
+    /// # Cancel safety
+    ///
+    /// Once sent, the close runs to its end even if this future is dropped; only the wait is
+    /// abandoned.
     pub async fn close_connection(&self, key: &ConnectionKey) -> Result<(), Error> {
         use ractor::rpc::CallResult;
         let bound = self.timeouts.close_wait();
-        let target = key.to_string();
+        let key_for_error = key.clone();
         let key = key.clone();
         match self
             .supervisor
@@ -189,8 +227,9 @@ impl ConnectionManager {
             // connection is gone, which is what was asked.
             Ok(CallResult::Success(())) | Ok(CallResult::SenderError) => Ok(()),
             Ok(CallResult::Timeout) => Err(Error::Timeout {
-                operation: "close_connection",
-                target,
+                operation: Operation::CloseConnection,
+                key: Some(key_for_error),
+                stage: Stage::Answer,
                 after: bound,
             }),
             Err(_) => Err(Error::ShutDown),
@@ -198,24 +237,33 @@ impl ConnectionManager {
     }
 
     /// Closes every pooled connection exactly once and empties the pool.
+    ///
+    /// # Cancel safety
+    ///
+    /// Once sent, every close runs to its end even if this future is dropped; only the wait is
+    /// abandoned.
     pub async fn close_all_connections(&self) -> Result<(), Error> {
         ask_supervisor(
             &self.supervisor,
             |reply| SupervisorMessage::CloseAll { reply },
             self.timeouts.close_wait() * 2 + self.timeouts.request,
-            "close_all_connections",
+            Operation::CloseAllConnections,
         )
         .await?
     }
 
     /// Retries a `Failed` connection now with its last params, or restarts a quarantined key.
+    ///
+    /// # Cancel safety
+    ///
+    /// Once sent, the attempt runs even if this future is dropped; only its outcome is lost.
     pub async fn retry(&self, key: &ConnectionKey) -> Result<(), Error> {
         let key = key.clone();
         ask_supervisor(
             &self.supervisor,
             |reply| SupervisorMessage::Retry { key, reply },
             self.timeouts.open + self.timeouts.request,
-            "retry",
+            Operation::Retry,
         )
         .await?
     }
@@ -223,6 +271,10 @@ impl ConnectionManager {
     /// A snapshot of `key`'s lifecycle: state, failed attempts, last error with its kind, and
     /// when the next attempt is due. `None` if the key is not pooled. Answered at once, even
     /// while the connection is busy opening.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
     pub async fn connection_status(
         &self,
         key: &ConnectionKey,
@@ -230,15 +282,22 @@ impl ConnectionManager {
         let key = key.clone();
         self.ask(
             |reply| SupervisorMessage::Status { key, reply },
-            "connection_status",
+            Operation::ConnectionStatus,
         )
         .await
     }
 
     /// A stream of every connection's lifecycle events from now on. It ends after shutdown.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a subscription whose answer is dropped is dropped with it.
     pub async fn subscribe(&self) -> Result<EventStream, Error> {
         let receiver = self
-            .ask(|reply| SupervisorMessage::Subscribe { reply }, "subscribe")
+            .ask(
+                |reply| SupervisorMessage::Subscribe { reply },
+                Operation::Subscribe,
+            )
             .await?;
         Ok(EventStream::new(receiver))
     }
@@ -247,19 +306,31 @@ impl ConnectionManager {
     /// actor's own message type (`None` skips one), until the supervisor shuts down or the
     /// actor stops. Falling behind arrives as [`EventDelivery::Lagged`]; the end of the stream,
     /// after the supervisor's last event, as [`EventDelivery::Ended`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the forwarding task starts only once the subscription has arrived, so a future
+    /// dropped before that starts nothing.
     pub async fn subscribe_actor<M: Message>(
         &self,
         actor: ActorRef<M>,
         convert: impl Fn(EventDelivery) -> Option<M> + Send + 'static,
     ) -> Result<(), Error> {
         let receiver = self
-            .ask(|reply| SupervisorMessage::Subscribe { reply }, "subscribe")
+            .ask(
+                |reply| SupervisorMessage::Subscribe { reply },
+                Operation::Subscribe,
+            )
             .await?;
         forward_to_actor(receiver, actor, convert);
         Ok(())
     }
 
     /// A copy of `plugin_name`'s counters, `None` if it never created a connection.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
     pub async fn connection_counters_for(
         &self,
         plugin_name: &str,
@@ -267,18 +338,22 @@ impl ConnectionManager {
         let plugin_name = plugin_name.to_owned();
         self.ask(
             |reply| SupervisorMessage::CountersFor { plugin_name, reply },
-            "connection_counters_for",
+            Operation::ConnectionCountersFor,
         )
         .await
     }
 
     /// A copy of every plugin's counters.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
     pub async fn connection_counters_snapshot(
         &self,
     ) -> Result<HashMap<String, ConnectionCounters>, Error> {
         self.ask(
             |reply| SupervisorMessage::CountersSnapshot { reply },
-            "connection_counters_snapshot",
+            Operation::ConnectionCountersSnapshot,
         )
         .await
     }
@@ -286,13 +361,18 @@ impl ConnectionManager {
     /// Closes every connection exactly once (each within its close timeout), stops every
     /// connection actor and timer, then the supervisor. Afterwards every call fails with
     /// [`Error::ShutDown`]. Calling it again (or from a clone) waits for the same shutdown.
+    ///
+    /// # Cancel safety
+    ///
+    /// Once the supervisor has the message, the shutdown runs to its end even if this future is
+    /// dropped.
     pub async fn shutdown(&self) -> Result<(), Error> {
         let bound = self.timeouts.close_wait() * 4 + self.timeouts.request;
         match ask_supervisor(
             &self.supervisor,
             |reply| SupervisorMessage::Shutdown { reply },
             bound,
-            "shutdown",
+            Operation::Shutdown,
         )
         .await
         {
@@ -304,8 +384,80 @@ impl ConnectionManager {
     async fn ask<T: Send + 'static>(
         &self,
         build: impl FnOnce(RpcReplyPort<T>) -> SupervisorMessage,
-        operation: &'static str,
+        operation: Operation,
     ) -> Result<T, Error> {
         ask_supervisor(&self.supervisor, build, self.timeouts.request, operation).await
+    }
+}
+
+/// Owns a supervisor for programs that do not embed it in an actor tree: derefs to its
+/// [`ConnectionManager`], and shuts the supervisor down when dropped, so that returning early
+/// or unwinding still closes every connection (the way mini-redis's `DbDropGuard` ends its
+/// background task).
+///
+/// Dropping cannot wait, so it only sends the shutdown: the supervisor closes every connection
+/// on its own task, each within its close timeout, as long as the runtime keeps running. Call
+/// [`shutdown`](Self::shutdown) instead to wait for it and see its result.
+#[derive(Debug)]
+pub struct SupervisorGuard {
+    manager: ConnectionManager,
+    /// Cleared by `shutdown` and `disarm`, which take the shutdown out of the drop.
+    armed: bool,
+}
+
+impl SupervisorGuard {
+    /// Starts a supervisor with `config` and takes ownership of it.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`ConnectionManager::spawn`].
+    pub async fn spawn(config: SupervisorConfig) -> Result<Self, Error> {
+        ConnectionManager::spawn(config).await.map(Self::new)
+    }
+
+    /// Takes ownership of the supervisor behind `manager`: dropping the guard shuts it down for
+    /// every clone of the manager.
+    pub fn new(manager: ConnectionManager) -> Self {
+        Self {
+            manager,
+            armed: true,
+        }
+    }
+
+    /// Shuts the supervisor down and waits for it, as [`ConnectionManager::shutdown`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`ConnectionManager::shutdown`]: the guard is consumed either way, and once the
+    /// supervisor has the message the shutdown runs to its end.
+    pub async fn shutdown(mut self) -> Result<(), Error> {
+        self.armed = false;
+        self.manager.shutdown().await
+    }
+
+    /// Gives the manager back without shutting the supervisor down.
+    pub fn disarm(mut self) -> ConnectionManager {
+        self.armed = false;
+        self.manager.clone()
+    }
+}
+
+impl std::ops::Deref for SupervisorGuard {
+    type Target = ConnectionManager;
+
+    fn deref(&self) -> &ConnectionManager {
+        &self.manager
+    }
+}
+
+impl Drop for SupervisorGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            // Nobody waits for the answer; a supervisor already gone has nothing to close.
+            let (reply, _) = tokio::sync::oneshot::channel();
+            let _ = self.manager.supervisor.cast(SupervisorMessage::Shutdown {
+                reply: reply.into(),
+            });
+        }
     }
 }

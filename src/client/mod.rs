@@ -4,4 +4,4 @@
 mod handle;
 mod manager;
 
-pub use manager::ConnectionManager;
+pub use manager::{ConnectionManager, SupervisorGuard};

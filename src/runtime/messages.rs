@@ -31,6 +31,7 @@ pub(crate) type GetOrCreateReply = Result<Option<ConnectionHandle>, Error>;
 /// Everything the supervisor can be asked. Send these with ractor's `call!`/`cast!` when you
 /// embed the supervisor in your own actor tree; [`ConnectionManager`](crate::ConnectionManager)
 /// is a typed wrapper over exactly these messages.
+#[non_exhaustive]
 pub enum SupervisorMessage {
     /// Returns the pooled connection for `key`, creating it through the factory when there is
     /// none. Concurrent requests for one key share one creation.
@@ -133,6 +134,7 @@ pub enum SupervisorMessage {
 
 /// Everything a connection actor can be asked. A [`ConnectionHandle`](crate::ConnectionHandle)
 /// sends these directly, without going through the supervisor.
+#[non_exhaustive]
 pub enum ConnectionMessage {
     /// Opens the connection with `params` unless it is already alive (counts an open on
     /// success). While reconnecting, waits for the reconnect instead of starting another.

@@ -7,10 +7,8 @@
 //! use connection_supervisor::ssh::{self, HostKeyPolicy, SshOptions};
 //!
 //! # async fn run() -> Result<(), connection_supervisor::Error> {
-//! let options = SshOptions {
-//!     host_key_policy: HostKeyPolicy::Strict("/etc/fleet/known_hosts".into()),
-//!     ..SshOptions::default()
-//! };
+//! let options = SshOptions::default()
+//!     .host_key_policy(HostKeyPolicy::Strict("/etc/fleet/known_hosts".into()));
 //! let manager = ConnectionManager::with_connection_factory(ssh::factory(options)).await?;
 //! let params = ResolvedConnectionParams {
 //!     hostname: "10.0.0.1".into(),

@@ -7,6 +7,7 @@ use std::time::Duration;
 /// How server host keys are checked. A refused key fails the open with
 /// [`FailureKind::HostKey`](crate::FailureKind::HostKey), which is permanent: it is not retried in a loop.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum HostKeyPolicy {
     /// Only keys recorded in this known_hosts file are accepted; unknown and changed keys are
     /// refused. The default, against `~/.ssh/known_hosts`.
@@ -30,6 +31,7 @@ impl Default for HostKeyPolicy {
 
 /// Where a private key comes from.
 #[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum PrivateKeySource {
     /// An OpenSSH or PEM private key file.
     Path(PathBuf),
@@ -52,6 +54,7 @@ impl fmt::Debug for PrivateKeySource {
 ///
 /// `Debug` never prints the password, the key or its passphrase.
 #[derive(Clone, PartialEq)]
+#[non_exhaustive]
 pub struct SshOptions {
     /// Port when the params give none. Defaults to 22.
     pub port: u16,
@@ -88,6 +91,62 @@ impl Default for SshOptions {
             keepalive_max: 3,
             max_channels: 8,
         }
+    }
+}
+
+impl SshOptions {
+    /// Sets the port used when the params give none (default 22).
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+
+    /// Sets the user used when the params give none.
+    pub fn username(mut self, username: impl Into<String>) -> Self {
+        self.username = Some(username.into());
+        self
+    }
+
+    /// Sets the password used when the params give none.
+    pub fn password(mut self, password: impl Into<String>) -> Self {
+        self.password = Some(password.into());
+        self
+    }
+
+    /// Sets the private key used when the params' extras give none.
+    pub fn private_key(mut self, key: PrivateKeySource) -> Self {
+        self.private_key = Some(key);
+        self
+    }
+
+    /// Sets the passphrase of an encrypted private key.
+    pub fn private_key_passphrase(mut self, passphrase: impl Into<String>) -> Self {
+        self.private_key_passphrase = Some(passphrase.into());
+        self
+    }
+
+    /// Sets how host keys are checked (default strict against `~/.ssh/known_hosts`).
+    pub fn host_key_policy(mut self, policy: HostKeyPolicy) -> Self {
+        self.host_key_policy = policy;
+        self
+    }
+
+    /// Sets the keepalive interval; `None` turns keepalives off (default 15 s).
+    pub fn keepalive_interval(mut self, interval: impl Into<Option<Duration>>) -> Self {
+        self.keepalive_interval = interval.into();
+        self
+    }
+
+    /// Sets how many unanswered keepalives declare the session lost (default 3).
+    pub fn keepalive_max(mut self, max: usize) -> Self {
+        self.keepalive_max = max;
+        self
+    }
+
+    /// Sets how many commands may run at once on one connection (default 8).
+    pub fn max_channels(mut self, channels: usize) -> Self {
+        self.max_channels = channels;
+        self
     }
 }
 

@@ -7,7 +7,7 @@ use ractor::ActorProcessingErr;
 use tokio::time::Instant;
 
 use crate::connection::{CommandError, CommandOutput};
-use crate::error::Error;
+use crate::error::{Error, Operation};
 use crate::guard::{Outcome, guarded, sync_guarded};
 use crate::runtime::internal::WithJob;
 use crate::shared::{Direct, DirectRoute};
@@ -68,8 +68,12 @@ impl ConnectionActorState {
                         key: self.key.clone(),
                         source,
                     }),
-                    Outcome::TimedOut(after) => Err(self.timed_out("execute_command", after)),
-                    Outcome::Panicked(message) => Err(self.panicked("execute_command", message)),
+                    Outcome::TimedOut(after) => {
+                        Err(self.timed_out(Operation::ExecuteCommand, after))
+                    }
+                    Outcome::Panicked(message) => {
+                        Err(self.panicked(Operation::ExecuteCommand, message))
+                    }
                 };
                 self.notice_loss_after_request();
                 let crash = panic_in(&result);
@@ -131,8 +135,8 @@ impl ConnectionActorState {
         };
         match guarded(self.policy.timeouts.request, future).await {
             Outcome::Done(()) => Ok(()),
-            Outcome::TimedOut(after) => Err(self.timed_out("with", after)),
-            Outcome::Panicked(message) => Err(self.panicked("with", message)),
+            Outcome::TimedOut(after) => Err(self.timed_out(Operation::With, after)),
+            Outcome::Panicked(message) => Err(self.panicked(Operation::With, message)),
         }
     }
 }

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::connection::{FailureKind, LossNotifier, ResolvedConnectionParams};
-use crate::error::Error;
+use crate::error::{Error, Operation, Stage};
 use crate::events::{CloseReason, EventKind};
 use crate::guard::{Outcome, guarded, sync_guarded};
 use crate::runtime::internal::{Report, ReportKind, Tick, TickKind};
@@ -58,7 +58,7 @@ impl ConnectionActorState {
 
     pub(super) fn alive_now(&self) -> Result<bool, Error> {
         sync_guarded(|| self.connection.is_alive())
-            .map_err(|message| self.panicked("is_alive", message))
+            .map_err(|message| self.panicked(Operation::IsAlive, message))
     }
 
     pub(super) async fn open(
@@ -156,9 +156,11 @@ impl ConnectionActorState {
                     kind: FailureKind::Timeout,
                     message: format!("open timed out after {after:?}"),
                 };
-                OpenAttempt::Failed(self.timed_out("open", after), failure)
+                OpenAttempt::Failed(self.timed_out(Operation::Open, after), failure)
             }
-            Outcome::Panicked(message) => OpenAttempt::Panicked(self.panicked("open", message)),
+            Outcome::Panicked(message) => {
+                OpenAttempt::Panicked(self.panicked(Operation::Open, message))
+            }
         }
     }
 
@@ -284,16 +286,17 @@ impl ConnectionActorState {
         }
     }
 
-    pub(super) fn timed_out(&self, operation: &'static str, after: Duration) -> Error {
+    pub(super) fn timed_out(&self, operation: Operation, after: Duration) -> Error {
         Error::Timeout {
             operation,
-            target: self.key.to_string(),
+            key: Some(self.key.clone()),
+            stage: Stage::Answer,
             after,
         }
     }
 
-    pub(super) fn panicked(&self, operation: &'static str, message: String) -> Error {
-        warn!(operation, %message, "plugin panicked");
+    pub(super) fn panicked(&self, operation: Operation, message: String) -> Error {
+        warn!(%operation, %message, "plugin panicked");
         Error::PluginPanicked {
             key: self.key.clone(),
             operation,

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::connection::FailureKind;
-use crate::error::Error;
+use crate::error::{Error, Stage};
 use crate::events::EventKind;
 use crate::runtime::internal::{ReportKind, TickKind};
 use crate::status::{ConnectionState, FailureInfo};
@@ -149,7 +149,8 @@ impl ConnectionActorState {
         for (_, request) in expired {
             let error = Error::Timeout {
                 operation: request.operation(),
-                target: format!("{} (waiting for a reconnect)", self.key),
+                key: Some(self.key.clone()),
+                stage: Stage::Reconnect,
                 after: self.policy.timeouts.request,
             };
             request.fail(&self.key, error);

@@ -6,7 +6,7 @@ use std::time::Duration;
 use ractor::{ActorRef, RpcReplyPort};
 
 use crate::connection::{CommandOutput, ConnectionKey};
-use crate::error::Error;
+use crate::error::{Error, Operation};
 use crate::runtime::internal::WithJob;
 use crate::runtime::messages::{ConnectionHandle, ConnectionMessage, GetOrCreateReply};
 
@@ -119,11 +119,11 @@ impl Request {
         }
     }
 
-    pub(super) fn operation(&self) -> &'static str {
+    pub(super) fn operation(&self) -> Operation {
         match self {
-            Self::Open { .. } => "open",
-            Self::Command { .. } => "execute_command",
-            Self::With { .. } => "with",
+            Self::Open { .. } => Operation::Open,
+            Self::Command { .. } => Operation::ExecuteCommand,
+            Self::With { .. } => Operation::With,
         }
     }
 

@@ -7,6 +7,7 @@ use ractor::ActorProcessingErr;
 use tokio::task::JoinHandle;
 use tracing::warn;
 
+use crate::error::Operation;
 use crate::events::CloseReason;
 use crate::guard::{Outcome, guarded};
 use crate::runtime::internal::{ReportKind, Tick, TickKind};
@@ -42,7 +43,7 @@ impl ConnectionActorState {
                             self.lose(format!("health check timed out after {after:?}"))
                         }
                         Outcome::Panicked(message) => {
-                            let error = self.panicked("health_check", message);
+                            let error = self.panicked(Operation::HealthCheck, message);
                             return self.crash(error).await;
                         }
                     }

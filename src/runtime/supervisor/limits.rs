@@ -5,7 +5,7 @@ use tracing::debug;
 
 use crate::config::AtLimit;
 use crate::connection::ConnectionKey;
-use crate::error::Error;
+use crate::error::{Error, LimitScope};
 use crate::events::CloseReason;
 
 use super::SupervisorState;
@@ -38,7 +38,7 @@ impl SupervisorState {
     ) -> Result<(), Error> {
         let refused = || Error::LimitReached {
             key: key.clone(),
-            scope: plugin.map_or_else(|| "total".to_owned(), |p| format!("plugin {p:?}")),
+            scope: plugin.map_or(LimitScope::Total, |p| LimitScope::Plugin(p.to_owned())),
             limit,
         };
         if self.config.at_limit == AtLimit::Refuse {

@@ -186,9 +186,10 @@ impl SupervisorState {
                 // opened) went down with the failed spawn.
                 error!(%key, %spawn_error, "could not start a connection actor");
                 answer_all(waiters, || {
-                    Err(Error::Spawn(format!(
-                        "connection actor for {key}: {spawn_error}"
-                    )))
+                    Err(Error::Spawn {
+                        key: Some(key.clone()),
+                        message: spawn_error.to_string(),
+                    })
                 });
                 return;
             }

@@ -6,7 +6,7 @@ use ractor::RpcReplyPort;
 use tracing::warn;
 
 use crate::connection::ConnectionKey;
-use crate::error::Error;
+use crate::error::{Error, Operation, Stage};
 use crate::events::CloseReason;
 use crate::runtime::messages::ConnectionMessage;
 
@@ -63,8 +63,9 @@ impl SupervisorState {
             let result = match tokio::time::timeout(bound, join_all(pending)).await {
                 Ok(_) => Ok(()),
                 Err(_) => Err(Error::Timeout {
-                    operation: "close_all_connections",
-                    target: "supervisor".into(),
+                    operation: Operation::CloseAllConnections,
+                    key: None,
+                    stage: Stage::Answer,
                     after: bound,
                 }),
             };
