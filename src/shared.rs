@@ -11,6 +11,11 @@
 //!   that sees the session fail tells the actor through a callback and changes nothing itself.
 //! - [`Published`]: the `watch` value through which the actor publishes its status and the
 //!   route. The actor is its only writer.
+//! - [`PluginCounters`]: one plugin's counters, counted by the connection actors and the
+//!   supervisor where the counted thing happens, read by the supervisor for
+//!   `connection_counters_for`. Atomics rather than reports to the supervisor, so that a count
+//!   is made before the event that announces it is published: a subscriber that sees
+//!   `Reconnected` and then asks for the counters sees the reconnect counted.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -22,7 +27,7 @@ use tokio::time::Instant;
 use crate::connection::{CommandError, CommandOutput, CommandRunner, ConnectionKey};
 use crate::error::{Error, Operation, Stage};
 use crate::guard::{Outcome, guarded, sync_guarded};
-use crate::status::{ConnectionState, ConnectionStatus};
+use crate::status::{ConnectionCounters, ConnectionState, ConnectionStatus};
 
 /// When a connection was last asked for something and whether it is busy: written by its
 /// actor, read by the supervisor to pick the least recently used idle connection at a limit.
@@ -201,6 +206,70 @@ impl Published {
         Self {
             status: ConnectionStatus::new(ConnectionState::Created),
             route: None,
+        }
+    }
+}
+
+/// One plugin's [`ConnectionCounters`], counted where each thing happens (see the module
+/// docs for why these are atomics).
+#[derive(Debug, Default)]
+pub(crate) struct PluginCounters {
+    create_calls: AtomicUsize,
+    open_calls: AtomicUsize,
+    close_calls: AtomicUsize,
+    failed_open_calls: AtomicUsize,
+    losses: AtomicUsize,
+    reconnects: AtomicUsize,
+    crashes: AtomicUsize,
+    restarts: AtomicUsize,
+    quarantines: AtomicUsize,
+}
+
+/// What [`PluginCounters::count`] counts.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Count {
+    Created,
+    Opened,
+    Reconnected,
+    FailedOpen,
+    Lost,
+    Closed,
+    Crashed,
+    Restarted,
+    Quarantined,
+}
+
+impl PluginCounters {
+    /// Counts one `what`. Call it before publishing the event that announces it.
+    pub(crate) fn count(&self, what: Count) {
+        let counter = match what {
+            Count::Created => &self.create_calls,
+            Count::Opened => &self.open_calls,
+            Count::Reconnected => &self.reconnects,
+            Count::FailedOpen => &self.failed_open_calls,
+            Count::Lost => &self.losses,
+            Count::Closed => &self.close_calls,
+            Count::Crashed => &self.crashes,
+            Count::Restarted => &self.restarts,
+            Count::Quarantined => &self.quarantines,
+        };
+        // SeqCst: a reader that learned of the event through any channel sees the count.
+        counter.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A copy of the counters as they are now.
+    pub(crate) fn snapshot(&self) -> ConnectionCounters {
+        let read = |counter: &AtomicUsize| counter.load(Ordering::SeqCst);
+        ConnectionCounters {
+            create_calls: read(&self.create_calls),
+            open_calls: read(&self.open_calls),
+            close_calls: read(&self.close_calls),
+            failed_open_calls: read(&self.failed_open_calls),
+            losses: read(&self.losses),
+            reconnects: read(&self.reconnects),
+            crashes: read(&self.crashes),
+            restarts: read(&self.restarts),
+            quarantines: read(&self.quarantines),
         }
     }
 }

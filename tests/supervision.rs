@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use connection_supervisor::runtime::ConnectionMessage;
 use connection_supervisor::testing::{FaultLedger, FaultPlugin};
 use connection_supervisor::{
     AtLimit, Backoff, CloseReason, ConnectionManager, ConnectionPolicy, ConnectionState, Error,
@@ -981,4 +982,70 @@ async fn a_ractor_actor_can_subscribe_to_events() {
     );
     counter.stop(None);
     join.await.unwrap();
+}
+
+/// A count is made before the event that announces it is published: a subscriber that reacts
+/// to an event by reading the counters sees that event counted. Run on two workers, so that
+/// the subscriber and the connection's actor really run side by side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_is_counted_before_a_subscriber_sees_it() {
+    const ROUNDS: usize = 50;
+    let plugin = FaultPlugin::new("fault");
+    let quick = ConnectionPolicy::default().backoff(
+        Backoff::default()
+            .initial(Duration::from_millis(1))
+            .max(Duration::from_millis(1))
+            .multiplier(1.0)
+            .jitter(0.0),
+    );
+    let (manager, mut events) = start(&plugin, SupervisorConfig::default().policy(quick)).await;
+    let key = plugin.key("r1");
+    let counters = || async {
+        manager
+            .connection_counters_for("fault")
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    manager
+        .open_connection(&key, &params("r1"))
+        .await
+        .unwrap()
+        .unwrap();
+    for round in 1..=ROUNDS {
+        assert_eq!(plugin.drop_sessions("r1"), 1);
+        events
+            .wait_for_key(&key, WAIT, |k| matches!(k, EventKind::Lost { .. }))
+            .await
+            .unwrap();
+        assert_eq!(
+            counters().await.losses,
+            round,
+            "round {round}: loss seen, not counted"
+        );
+        events
+            .wait_for_key(&key, WAIT, |k| matches!(k, EventKind::Reconnected { .. }))
+            .await
+            .unwrap();
+        let now = counters().await;
+        assert_eq!(
+            (now.reconnects, now.open_calls),
+            (round, round + 1),
+            "round {round}: reconnect seen, not counted: {now:?}"
+        );
+    }
+    let handle = manager.get_or_create(key.clone()).await.unwrap().unwrap();
+    handle
+        .actor()
+        .cast(ConnectionMessage::Close {
+            reason: CloseReason::Requested,
+            reply: None,
+        })
+        .unwrap();
+    events
+        .wait_for_key(&key, WAIT, |k| matches!(k, EventKind::Closed { .. }))
+        .await
+        .unwrap();
+    assert_eq!(counters().await.close_calls, 1, "close seen, not counted");
+    finish(manager, &plugin).await;
 }

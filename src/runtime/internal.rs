@@ -78,17 +78,12 @@ pub(crate) enum ReportKind {
         key: ConnectionKey,
         result: Result<Option<Box<dyn Connection>>, String>,
     },
-    /// A connection opened (counts an open, and a reconnect if it was one).
+    /// A connection opened: the supervisor keeps its params for reopening after a crash.
     Opened {
         key: ConnectionKey,
         params: Option<ResolvedConnectionParams>,
-        reconnect: bool,
     },
-    /// An open attempt failed.
-    OpenFailed { plugin_name: String },
-    /// An open connection was lost.
-    Lost { plugin_name: String },
-    /// A connection actor closed its connection (counts a close).
+    /// A connection actor closed its connection: it leaves the pool.
     Closed {
         key: ConnectionKey,
         actor: ActorId,
@@ -135,15 +130,10 @@ impl fmt::Debug for Report {
                 .field("creation", creation)
                 .field("key", key)
                 .finish_non_exhaustive(),
-            ReportKind::Opened { key, reconnect, .. } => f
+            ReportKind::Opened { key, .. } => f
                 .debug_struct("Opened")
                 .field("key", key)
-                .field("reconnect", reconnect)
                 .finish_non_exhaustive(),
-            ReportKind::OpenFailed { plugin_name } => {
-                f.debug_tuple("OpenFailed").field(plugin_name).finish()
-            }
-            ReportKind::Lost { plugin_name } => f.debug_tuple("Lost").field(plugin_name).finish(),
             ReportKind::Closed { key, actor, reason } => f
                 .debug_struct("Closed")
                 .field("key", key)

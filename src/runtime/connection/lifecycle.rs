@@ -14,7 +14,7 @@ use crate::events::{CloseReason, EventKind};
 use crate::guard::{Outcome, guarded, sync_guarded};
 use crate::runtime::internal::{Report, ReportKind, Tick, TickKind};
 use crate::runtime::messages::{ConnectionMessage, SupervisorMessage};
-use crate::shared::{DirectRoute, RouteNotice};
+use crate::shared::{Count, DirectRoute, RouteNotice};
 use crate::status::{ConnectionState, FailureInfo};
 
 use super::ConnectionActorState;
@@ -196,11 +196,14 @@ impl ConnectionActorState {
         } else {
             EventKind::Opened
         };
+        self.counters.count(Count::Opened);
+        if reconnect {
+            self.counters.count(Count::Reconnected);
+        }
         self.enter(ConnectionState::Open, Some(event));
         self.report(ReportKind::Opened {
             key: self.key.clone(),
             params: self.params.clone(),
-            reconnect,
         });
         self.schedule_health_check();
     }
@@ -209,6 +212,7 @@ impl ConnectionActorState {
         debug!(%failure, "open failed");
         self.status.attempts += 1;
         self.status.last_error = Some(failure.clone());
+        self.counters.count(Count::FailedOpen);
         self.events.emit(
             &self.key,
             EventKind::OpenFailed {
@@ -216,9 +220,6 @@ impl ConnectionActorState {
                 attempt: self.status.attempts,
             },
         );
-        self.report(ReportKind::OpenFailed {
-            plugin_name: self.key.plugin_name.clone(),
-        });
     }
 
     /// Closes the plugin instance unless it already is: the only path to `Closed`, so a
@@ -244,6 +245,7 @@ impl ConnectionActorState {
             Outcome::Panicked(message) => warn!(%message, "plugin panicked in close"),
         }
         self.status.next_attempt_at = None;
+        self.counters.count(Count::Closed);
         self.enter(ConnectionState::Closed, Some(EventKind::Closed { reason }));
         self.report(ReportKind::Closed {
             key: self.key.clone(),

@@ -35,7 +35,7 @@ use crate::error::Error;
 use crate::events::{CloseReason, EventBus};
 use crate::runtime::internal::{Tick, TickKind};
 use crate::runtime::messages::{ConnectionMessage, RoutedOpen, SupervisorMessage};
-use crate::shared::{Activity, Published};
+use crate::shared::{Activity, PluginCounters, Published};
 use crate::status::{ConnectionState, ConnectionStatus};
 
 mod commands;
@@ -64,6 +64,8 @@ pub struct ConnectionArgs {
     /// Where the connection's status and direct route are published to its handles.
     pub(crate) published: watch::Sender<Published>,
     pub(crate) activity: Arc<Activity>,
+    /// This plugin's counters, shared with the supervisor.
+    pub(crate) counters: Arc<PluginCounters>,
     /// Set on a restart of a connection that was open: reopen with these at once.
     pub(crate) reopen_with: Option<ResolvedConnectionParams>,
 }
@@ -84,6 +86,7 @@ pub struct ConnectionActorState {
     open_slots: Arc<Semaphore>,
     events: EventBus,
     activity: Arc<Activity>,
+    counters: Arc<PluginCounters>,
     /// The params of the last requested open: what a reconnect or retry opens with.
     params: Option<ResolvedConnectionParams>,
     /// Bumped on every open and loss, so a loss report from an older session is ignored.
@@ -131,6 +134,7 @@ impl Actor for ConnectionActor {
             open_slots: args.open_slots,
             events: args.events,
             activity: args.activity,
+            counters: args.counters,
             params: args.reopen_with,
             session: 0,
             reconnect_generation: 0,

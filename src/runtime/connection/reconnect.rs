@@ -13,7 +13,8 @@ use tracing::{info, warn};
 use crate::connection::FailureKind;
 use crate::error::{Error, Stage};
 use crate::events::EventKind;
-use crate::runtime::internal::{ReportKind, TickKind};
+use crate::runtime::internal::TickKind;
+use crate::shared::Count;
 use crate::status::{ConnectionState, FailureInfo};
 
 use super::ConnectionActorState;
@@ -29,15 +30,13 @@ impl ConnectionActorState {
         self.session += 1;
         Timers::cancel(&mut self.timers.health);
         self.published.route(None);
+        self.counters.count(Count::Lost);
         self.enter(
             ConnectionState::Lost,
             Some(EventKind::Lost {
                 reason: reason.clone(),
             }),
         );
-        self.report(ReportKind::Lost {
-            plugin_name: self.key.plugin_name.clone(),
-        });
         self.status.attempts = 0;
         if self.policy.reconnect && self.params.is_some() {
             self.schedule_reconnect();

@@ -22,7 +22,8 @@ use crate::error::Error;
 use crate::events::{CloseReason, EventBus};
 use crate::runtime::internal::{Report, ReportKind};
 use crate::runtime::messages::SupervisorMessage;
-use crate::status::{ConnectionCounters, ConnectionState, ConnectionStatus, FailureInfo};
+use crate::shared::PluginCounters;
+use crate::status::{ConnectionState, ConnectionStatus, FailureInfo};
 
 mod limits;
 mod pool;
@@ -54,7 +55,9 @@ pub struct SupervisorState {
     /// factory makes is handed to the waiters already queued, then closed at once, so no
     /// connection is ever dropped without `close`.
     orphans: HashMap<u64, (ConnectionKey, Creation)>,
-    counters: HashMap<String, ConnectionCounters>,
+    /// Per plugin, shared with that plugin's connection actors, which count what happens to
+    /// them before they publish the event (see `shared.rs`).
+    counters: HashMap<String, Arc<PluginCounters>>,
     /// Pooled connections (creating or ready) in total and per plugin, for the limits.
     pooled: usize,
     pooled_per_plugin: HashMap<String, usize>,
@@ -136,10 +139,15 @@ impl Actor for ConnectionSupervisor {
                 let _ = reply.send(());
             }
             SupervisorMessage::CountersFor { plugin_name, reply } => {
-                let _ = reply.send(state.counters.get(&plugin_name).copied());
+                let _ = reply.send(state.counters.get(&plugin_name).map(|c| c.snapshot()));
             }
             SupervisorMessage::CountersSnapshot { reply } => {
-                let _ = reply.send(state.counters.clone());
+                let snapshot = state
+                    .counters
+                    .iter()
+                    .map(|(plugin, counters)| (plugin.clone(), counters.snapshot()))
+                    .collect();
+                let _ = reply.send(snapshot);
             }
             SupervisorMessage::Timeouts { reply } => {
                 let _ = reply.send(state.config.default_policy.timeouts);
@@ -175,6 +183,17 @@ impl Actor for ConnectionSupervisor {
 }
 
 impl SupervisorState {
+    /// The counters of `plugin_name`, made on its first connection.
+    fn counters_for(&mut self, plugin_name: &str) -> Arc<PluginCounters> {
+        if let Some(counters) = self.counters.get(plugin_name) {
+            return counters.clone();
+        }
+        let counters = Arc::new(PluginCounters::default());
+        self.counters
+            .insert(plugin_name.to_owned(), counters.clone());
+        counters
+    }
+
     fn status(&self, key: &ConnectionKey) -> Option<ConnectionStatus> {
         Some(match self.pool.get(key)? {
             Slot::Ready(pooled) => pooled.handle.status(),
@@ -199,34 +218,12 @@ impl SupervisorState {
                 key,
                 result,
             } => self.finish_creation(creation, key, result).await,
-            ReportKind::Opened {
-                key,
-                params,
-                reconnect,
-            } => {
-                let counters = self.counters.entry(key.plugin_name.clone()).or_default();
-                counters.open_calls += 1;
-                if reconnect {
-                    counters.reconnects += 1;
-                }
+            ReportKind::Opened { key, params } => {
                 if let Some(Slot::Ready(pooled)) = self.pool.get_mut(&key) {
                     pooled.reopen_with = params;
                 }
             }
-            ReportKind::OpenFailed { plugin_name } => {
-                self.counters
-                    .entry(plugin_name)
-                    .or_default()
-                    .failed_open_calls += 1;
-            }
-            ReportKind::Lost { plugin_name } => {
-                self.counters.entry(plugin_name).or_default().losses += 1;
-            }
             ReportKind::Closed { key, actor, reason } => {
-                self.counters
-                    .entry(key.plugin_name.clone())
-                    .or_default()
-                    .close_calls += 1;
                 // A connection closed by a direct message (not through the supervisor) leaves
                 // the pool here. A crashed one is still pooled until its ActorFailed arrives,
                 // which restarts it: the actor only reports Closed before failing.

@@ -19,7 +19,7 @@ use crate::runtime::internal::{Report, ReportKind};
 use crate::runtime::messages::{
     ConnectionHandle, ConnectionMessage, GetOrCreateReply, SupervisorMessage,
 };
-use crate::shared::{Activity, Published};
+use crate::shared::{Activity, Count, Published};
 
 use super::SupervisorState;
 use super::slots::{Creation, Pooled, Slot, Waiter, answer_all, quarantined};
@@ -157,10 +157,8 @@ impl SupervisorState {
                 return;
             }
         };
-        self.counters
-            .entry(key.plugin_name.clone())
-            .or_default()
-            .create_calls += 1;
+        let counters = self.counters_for(&key.plugin_name);
+        counters.count(Count::Created);
         self.events.emit(&key, EventKind::Created);
         let policy = self.config.policy_for(&key.plugin_name).clone();
         let timeouts = policy.timeouts;
@@ -175,6 +173,7 @@ impl SupervisorState {
             events: self.events.clone(),
             published: published_tx,
             activity: activity.clone(),
+            counters,
             reopen_with: reopen_with.clone(),
         };
         let spawned =

@@ -8,6 +8,7 @@ use tokio::time::Instant;
 use tracing::{error, warn};
 
 use crate::events::EventKind;
+use crate::shared::Count;
 
 use super::SupervisorState;
 use super::slots::{Quarantine, Slot};
@@ -19,10 +20,8 @@ impl SupervisorState {
         let Some(key) = self.children.remove(&actor) else {
             return;
         };
-        self.counters
-            .entry(key.plugin_name.clone())
-            .or_default()
-            .crashes += 1;
+        let counters = self.counters_for(&key.plugin_name);
+        counters.count(Count::Crashed);
         if !self.is_pooled(&key, actor) {
             return;
         }
@@ -46,6 +45,7 @@ impl SupervisorState {
         let restarts = history.len() as u32;
         if restarts > policy.max_restarts {
             error!(%key, %reason, restarts, "connection crashed too often; quarantined");
+            counters.count(Count::Quarantined);
             self.events.emit(
                 &key,
                 EventKind::Quarantined {
@@ -53,10 +53,6 @@ impl SupervisorState {
                     reason: reason.clone(),
                 },
             );
-            self.counters
-                .entry(key.plugin_name.clone())
-                .or_default()
-                .quarantines += 1;
             self.insert_slot(
                 key,
                 Slot::Quarantined(Quarantine {
@@ -69,10 +65,7 @@ impl SupervisorState {
             return;
         }
         warn!(%key, %reason, restarts, "connection actor failed; restarting it");
-        self.counters
-            .entry(key.plugin_name.clone())
-            .or_default()
-            .restarts += 1;
+        counters.count(Count::Restarted);
         self.events
             .emit(&key, EventKind::Restarted { restarts, reason });
         self.start_creation(key, lineage, Vec::new(), pooled.reopen_with);
