@@ -7,7 +7,7 @@
 //! cargo run --release -p fleet -- --hosts 200 --concurrency 64
 //! cargo run --release -p fleet -- --no-chaos --commands "show version,hostname"
 //! cargo run --release -p fleet -- --inventory fleet/inventory.sample.toml
-//! cargo install --path fleet                        # then: fleet --help
+//! cargo install --locked --path fleet               # then: fleet --help
 //! ```
 //!
 //! Without `--inventory` it starts `--hosts` embedded SSH devices
