@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the benchmarks (benches/supervisor.rs) and writes docs/benchmarks.md from what they
+# Runs the benchmarks (bench/benches/supervisor.rs) and writes docs/benchmarks.md from what they
 # measured: criterion's estimates (target/criterion) and the figures the benchmark keeps itself
 # (target/bench-report/extras.json, fleet-latency.svg). Every number in the page comes from
 # this run; the analysis under "What the numbers say" is kept in docs/benchmarks-analysis.md
@@ -13,6 +13,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The workspace's target/ (the benchmarks are the bench/ package; criterion asks cargo for the
+# workspace target directory, so its results land in target/criterion here too).
 readonly REPORT_DIR=target/bench-report
 readonly PAGE=docs/benchmarks.md
 readonly PLOT=docs/benchmarks/fleet-latency.svg
@@ -20,7 +22,7 @@ readonly PLOT=docs/benchmarks/fleet-latency.svg
 if [[ ${1:-} != --no-run ]]; then
     rm -rf target/criterion "$REPORT_DIR"
     mkdir -p "$REPORT_DIR"
-    BENCH_REPORT_DIR=$PWD/$REPORT_DIR cargo bench --bench supervisor --all-features 2>&1 |
+    BENCH_REPORT_DIR=$PWD/$REPORT_DIR cargo bench -p connection-supervisor-bench --bench supervisor 2>&1 |
         tee "$REPORT_DIR/bench.log"
 fi
 
@@ -107,8 +109,9 @@ out = []
 w = out.append
 w("# Benchmarks")
 w("")
-w("Written by `scripts/bench-report.sh` from one run of `cargo bench --bench supervisor`")
-w("(benches/supervisor.rs); rerun the script to refresh every number on this page.")
+w("Written by `scripts/bench-report.sh` from one run of")
+w("`cargo bench -p connection-supervisor-bench --bench supervisor` (bench/benches/supervisor.rs);")
+w("rerun the script to refresh every number on this page.")
 w("")
 # When the benchmark wrote its results, not when this page was written (--no-run rewrites it).
 run_at = datetime.datetime.fromtimestamp(os.path.getmtime(extras_path), datetime.timezone.utc)
@@ -127,7 +130,7 @@ w(f"Calls over {const['keys']:,} keys of a mock plugin that answers at once, fro
   "actor (a plugin that runs one command at a time); *concurrent plugin* is the same mock "
   "handing out a `CommandRunner`, as the SSH plugin does, so the handle runs the command "
   "without messaging the actor. The baseline is upstream genja's lock-based design "
-  "re-implemented in benches/supervisor/baseline.rs: a DashMap of "
+  "re-implemented in bench/benches/supervisor/baseline.rs: a DashMap of "
   "`Arc<tokio::sync::Mutex<dyn Connection>>`, factory called inside the map entry, same counters.")
 w("")
 w("| operation | 1 caller | 64 callers (per call) | 64 callers (throughput) | vs baseline, 1 caller | vs baseline, 64 callers |")

@@ -294,10 +294,10 @@ pub(crate) fn forward_to_actor<M: ractor::Message>(
                 }
                 Err(broadcast::error::RecvError::Closed) => (EventDelivery::Ended, true),
             };
-            if let Some(message) = convert(delivery) {
-                if actor.send_message(message).is_err() {
-                    return;
-                }
+            if let Some(message) = convert(delivery)
+                && actor.send_message(message).is_err()
+            {
+                return;
             }
             if last {
                 return;

@@ -252,10 +252,10 @@ impl ConnectionHandle {
     ) -> Result<Result<CommandOutput, Error>, Duration> {
         let started = Instant::now();
         let route = self.published.borrow().route.clone();
-        if let Some(route) = route.filter(DirectRoute::is_usable) {
-            if let Direct::Ran(result) = route.run(&self.key, command, timeout).await {
-                return Ok(result);
-            }
+        if let Some(route) = route.filter(DirectRoute::is_usable)
+            && let Direct::Ran(result) = route.run(&self.key, command, timeout).await
+        {
+            return Ok(result);
         }
         Err(timeout.saturating_sub(started.elapsed()))
     }

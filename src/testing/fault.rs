@@ -239,10 +239,8 @@ impl FaultPlugin {
 fn end_session(session: &Session, report: bool, reason: &str) {
     session.alive.store(false, Ordering::SeqCst);
     session.dropped.notify_waiters();
-    if report {
-        if let Some(notifier) = &session.notifier {
-            notifier.connection_lost(reason);
-        }
+    if report && let Some(notifier) = &session.notifier {
+        notifier.connection_lost(reason);
     }
 }
 

@@ -22,10 +22,10 @@ impl SupervisorState {
                 self.evict_one(key, Some(plugin.as_str()), limit)?;
             }
         }
-        if let Some(limit) = self.config.max_connections {
-            if self.pooled >= limit {
-                self.evict_one(key, None, limit)?;
-            }
+        if let Some(limit) = self.config.max_connections
+            && self.pooled >= limit
+        {
+            self.evict_one(key, None, limit)?;
         }
         Ok(())
     }

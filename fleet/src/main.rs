@@ -1,11 +1,13 @@
-//! The job this crate is for, end to end: run commands on a fleet of SSH devices through the
-//! supervisor, survive devices going away half-way, and report what happened.
+//! `fleet`: the job connection-supervisor is for, end to end. Runs commands on a fleet of
+//! SSH devices through the supervisor, survives devices going away half-way, and reports what
+//! happened.
 //!
 //! ```text
-//! cargo run --release --example fleet                      # 50 embedded devices, with chaos
-//! cargo run --release --example fleet -- --hosts 200 --concurrency 64
-//! cargo run --release --example fleet -- --no-chaos --commands "show version,hostname"
-//! cargo run --release --example fleet -- --inventory examples/fleet/inventory.sample.toml
+//! cargo run --release -p fleet                      # 50 embedded devices, with chaos
+//! cargo run --release -p fleet -- --hosts 200 --concurrency 64
+//! cargo run --release -p fleet -- --no-chaos --commands "show version,hostname"
+//! cargo run --release -p fleet -- --inventory fleet/inventory.sample.toml
+//! cargo install --locked --path fleet               # then: fleet --help
 //! ```
 //!
 //! Without `--inventory` it starts `--hosts` embedded SSH devices
@@ -72,7 +74,7 @@ struct Cli {
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     latency_ms: u64,
     /// Run against the real hosts listed in this TOML file instead of embedded devices
-    /// (see examples/fleet/inventory.sample.toml). Chaos is off: we cannot take them down.
+    /// (see fleet/inventory.sample.toml). Chaos is off: we cannot take them down.
     #[arg(long, value_name = "FILE")]
     inventory: Option<PathBuf>,
 }

@@ -10,7 +10,7 @@
 //! 4. `reconnect`: every session of 100 devices dropped at once, until all are open again.
 //! 5. `scale`: 100,000 mock connections created and opened.
 //!
-//! Besides criterion's own output it writes, to `$BENCH_REPORT_DIR` (default
+//! Besides criterion's own output it writes, to `$BENCH_REPORT_DIR` (default the workspace's
 //! `target/bench-report`): `extras.json` (memory per connection, close time, latency
 //! percentiles, the machine) and `fleet-latency.svg` (the fleet latency distribution).
 //! `scripts/bench-report.sh` turns both into docs/benchmarks.md.
@@ -22,7 +22,8 @@
 mod baseline;
 #[path = "supervisor/mock.rs"]
 mod mock;
-#[path = "../tests/raw_ssh/mod.rs"]
+// The raw russh client the library's own tests use (tests/raw_ssh), from the root package.
+#[path = "../../tests/raw_ssh/mod.rs"]
 mod raw_ssh;
 
 use std::path::{Path, PathBuf};
@@ -883,7 +884,9 @@ impl Report {
     fn new() -> Self {
         let dir = std::env::var_os("BENCH_REPORT_DIR")
             .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-report"));
+            .unwrap_or_else(|| {
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-report")
+            });
         std::fs::create_dir_all(&dir).expect("report directory");
         let mut extras = serde_json::Map::new();
         extras.insert(
