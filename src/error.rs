@@ -300,6 +300,9 @@ pub enum Stage {
     /// A reconnect of its connection: the request was parked until the connection came back,
     /// and it did not come back in time.
     Reconnect,
+    /// Its turn: the connection's actor was busy with earlier requests until the deadline
+    /// passed, so the request was never started.
+    Queue,
 }
 
 impl Stage {
@@ -307,6 +310,7 @@ impl Stage {
         match self {
             Self::Answer => "",
             Self::Reconnect => " waiting for a reconnect",
+            Self::Queue => " waiting for its turn",
         }
     }
 }

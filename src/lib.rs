@@ -92,7 +92,9 @@ mod status;
 pub mod testing;
 
 pub use client::{ConnectionManager, SupervisorGuard};
-pub use config::{AtLimit, Backoff, ConnectionPolicy, RestartPolicy, SupervisorConfig, Timeouts};
+pub use config::{
+    AtLimit, Backoff, ConnectionPolicy, Deadline, RestartPolicy, SupervisorConfig, Timeouts,
+};
 pub use connection::{
     CommandError, CommandOutput, CommandRunner, Connection, ConnectionFactory, ConnectionKey,
     Extras, FailureKind, LossNotifier, OpenError, ResolvedConnectionParams,

@@ -9,8 +9,10 @@
 //!   published by the connection's actor while the session is up, used by every handle to run
 //!   commands from the caller's own task. Only the actor publishes or withdraws it; a command
 //!   that sees the session fail tells the actor through a callback and changes nothing itself.
-//! - [`Published`]: the `watch` value through which the actor publishes its status and the
-//!   route. The actor is its only writer.
+//! - [`Published`]: the `watch` value through which the actor publishes its status, the route
+//!   and its own address. The actor serving the connection is its only writer, except while a
+//!   crashed connection is being restarted or quarantined, when the supervisor publishes the
+//!   quarantine.
 //! - [`PluginCounters`]: one plugin's counters, counted by the connection actors and the
 //!   supervisor where the counted thing happens, read by the supervisor for
 //!   `connection_counters_for`. Atomics rather than reports to the supervisor, so that a count
@@ -21,6 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use ractor::ActorCell;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
@@ -193,12 +196,17 @@ impl DirectRoute {
     }
 }
 
-/// What a connection's handles read without messaging its actor. One `watch` channel for both,
-/// since each channel costs about 600 bytes per connection.
+/// What a connection's handles read without messaging its actor: its status, the direct route
+/// and the actor serving it now. One `watch` channel for all three, since each channel costs
+/// about 600 bytes per connection, and one channel per connection *lineage*: the supervisor
+/// hands the same channel to every restart of a connection, so a handle made before a crash
+/// sees the successor's status, takes its direct route and sends to its actor.
 #[derive(Clone)]
 pub(crate) struct Published {
     pub(crate) status: ConnectionStatus,
     pub(crate) route: Option<DirectRoute>,
+    /// Set by each actor of the lineage when it starts, cleared when it ends.
+    pub(crate) actor: Option<ActorCell>,
 }
 
 impl Published {
@@ -206,6 +214,7 @@ impl Published {
         Self {
             status: ConnectionStatus::new(ConnectionState::Created),
             route: None,
+            actor: None,
         }
     }
 }

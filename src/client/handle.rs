@@ -1,48 +1,58 @@
-//! What a [`ConnectionHandle`] does: each call one message to the connection's actor (or,
-//! for commands on a concurrent plugin, a run on the published direct route), one bounded wait
-//! for the answer, and one retry through the supervisor when the actor was restarted.
+//! What a [`ConnectionHandle`] does: each call one message to the connection's current actor
+//! (or, for commands on a concurrent plugin, a run on the published direct route) and one
+//! wait for the answer, bounded by a deadline that travels with the request.
+//!
+//! The rule for sending a request again is kameo's: a request no actor took (refused at the
+//! mailbox, or dropped from it unread when the actor stopped) goes to the successor once one
+//! runs; a request an actor took is always answered by that actor, however it ends (its reply
+//! ports answer by themselves when dropped), and is never sent twice.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
-use ractor::{ActorRef, RpcReplyPort};
+use ractor::{ActorCell, ActorRef, RpcReplyPort};
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
-use crate::client::manager::ask_supervisor;
+use crate::config::Deadline;
 use crate::connection::{CommandOutput, Connection, ConnectionKey, ResolvedConnectionParams};
 use crate::error::{Error, Operation, Stage};
 use crate::runtime::internal::WithJob;
-use crate::runtime::messages::{ConnectionHandle, ConnectionMessage, SupervisorMessage};
-use crate::shared::{Direct, DirectRoute};
-use crate::status::ConnectionStatus;
+use crate::runtime::messages::{ConnectionHandle, ConnectionMessage};
+use crate::shared::{Direct, DirectRoute, Published};
+use crate::status::{ConnectionState, ConnectionStatus};
 
 /// How a request to an actor ended.
 enum Delivery<T> {
     Answered(T),
     TimedOut,
-    /// The actor is gone: it refused the message (returned here) or dropped it unanswered.
-    Gone(Option<ConnectionMessage>),
+    /// No actor took the request: the mailbox refused it, or it was dropped unread when the
+    /// actor stopped. Safe to send again.
+    NotTaken,
 }
 
 async fn deliver<T>(
     actor: &ActorRef<ConnectionMessage>,
     message: ConnectionMessage,
     answer: oneshot::Receiver<T>,
-    bound: Duration,
+    deadline: Instant,
 ) -> Delivery<T> {
-    if let Err(ractor::MessagingErr::SendErr(message)) = actor.send_message(message) {
-        return Delivery::Gone(Some(message));
+    if actor.send_message(message).is_err() {
+        return Delivery::NotTaken;
     }
-    match tokio::time::timeout(bound, answer).await {
+    match tokio::time::timeout_at(deadline, answer).await {
         Ok(Ok(value)) => Delivery::Answered(value),
-        Ok(Err(_)) => Delivery::Gone(None),
+        // Every request an actor takes is answered (see the module docs): a port dropped
+        // unanswered was never taken.
+        Ok(Err(_)) => Delivery::NotTaken,
         Err(_) => Delivery::TimedOut,
     }
 }
 
 impl ConnectionHandle {
-    /// Waits until this instance's status satisfies `predicate`, for at most `timeout`; for
-    /// tests and for callers that want to act on a state change without polling.
+    /// Waits until this connection's status satisfies `predicate`, for at most `timeout`; for
+    /// tests and for callers that want to act on a state change without polling. A handle
+    /// made before a restart watches the successor.
     ///
     /// # Cancel safety
     ///
@@ -56,38 +66,40 @@ impl ConnectionHandle {
         let wait = published.wait_for(|p| predicate(&p.status));
         match tokio::time::timeout(timeout, wait).await {
             Ok(Ok(found)) => Ok(found.status.clone()),
-            // The actor ended without ever reaching that status.
+            // The connection was closed without ever reaching that status.
             Ok(Err(_)) => Err(self.closed()),
             Err(_) => Err(self.timed_out(Operation::WaitForStatus, timeout)),
         }
     }
 
-    /// Asks the plugin whether the connection is alive.
+    /// Asks the plugin whether the connection is alive. Bounded by the request timeout.
     ///
     /// # Cancel safety
     ///
     /// Cancel safe: it only asks.
     pub async fn is_alive(&self) -> Result<bool, Error> {
+        let bound = Deadline::after(self.timeouts.request);
         self.ask(
             |reply| ConnectionMessage::IsAlive { reply },
-            self.timeouts.request,
+            bound,
             Operation::IsAlive,
         )
         .await?
     }
 
     /// Opens the connection with `params` unless it is already alive (then nothing is
-    /// counted). Bounded by the open timeout.
+    /// counted). The whole call, the wait for the connection's actor included, is bounded by
+    /// the open timeout.
     ///
     /// # Cancel safety
     ///
-    /// Once sent, the open runs in the connection's actor even if this future is dropped; the
-    /// connection may end up open.
+    /// Once the actor has taken the request, the open runs even if this future is dropped; the
+    /// connection may end up open. Dropped earlier, the request is dropped unrun.
     pub async fn open(&self, params: &ResolvedConnectionParams) -> Result<(), Error> {
         self.open_within(params, self.timeouts.open).await
     }
 
-    /// Opens with its own bound instead of the open timeout.
+    /// [`open`](Self::open) with its own bound instead of the open timeout.
     ///
     /// # Cancel safety
     ///
@@ -97,13 +109,14 @@ impl ConnectionHandle {
         params: &ResolvedConnectionParams,
         timeout: Duration,
     ) -> Result<(), Error> {
+        let bound = Deadline::after(timeout);
         self.ask(
             |reply| ConnectionMessage::Open {
                 params: params.clone(),
-                timeout: Some(timeout),
+                deadline: Some(bound),
                 reply,
             },
-            timeout + self.timeouts.request,
+            bound,
             Operation::Open,
         )
         .await?
@@ -114,16 +127,19 @@ impl ConnectionHandle {
     ///
     /// # Cancel safety
     ///
-    /// When the plugin runs commands concurrently and the connection is open, the command runs on
-    /// this future: dropping it drops the plugin's call (the SSH plugin's channel with it).
-    /// Otherwise the command was sent to the connection's actor and runs there even if this future
-    /// is dropped; its output is discarded.
+    /// When the plugin runs commands concurrently and the connection is open, the command runs
+    /// on this future: dropping it drops the plugin's call (the SSH plugin then closes the
+    /// command's channel). Otherwise the command waits in the connection's actor, which drops
+    /// it unrun if this future is gone by its turn; once started, it runs to its end and its
+    /// output is discarded.
     pub async fn execute_command(&self, command: &str) -> Result<String, Error> {
         self.execute_command_within(command, self.timeouts.request)
             .await
     }
 
-    /// Runs `command` with its own bound instead of the request timeout.
+    /// [`execute_command`](Self::execute_command) with its own bound, which replaces the
+    /// request timeout for the whole call: waiting for the actor, for a reconnect and for the
+    /// command.
     ///
     /// # Cancel safety
     ///
@@ -133,24 +149,22 @@ impl ConnectionHandle {
         command: &str,
         timeout: Duration,
     ) -> Result<String, Error> {
-        let timeout = match self.run_direct(command, timeout).await {
-            Ok(result) => {
-                return result.and_then(|output| {
-                    output.into_result().map_err(|source| Error::Command {
-                        key: ConnectionKey::clone(&self.key),
-                        source,
-                    })
-                });
-            }
-            Err(remaining) => remaining,
-        };
+        let bound = Deadline::after(timeout);
+        if let Some(result) = self.run_direct(command, bound.at()).await {
+            return result.and_then(|output| {
+                output.into_result().map_err(|source| Error::Command {
+                    key: ConnectionKey::clone(&self.key),
+                    source,
+                })
+            });
+        }
         self.ask(
             |reply| ConnectionMessage::ExecuteCommand {
                 command: command.to_owned(),
-                timeout: Some(timeout),
+                deadline: Some(bound),
                 reply,
             },
-            timeout + self.timeouts.request,
+            bound,
             Operation::ExecuteCommand,
         )
         .await?
@@ -177,17 +191,17 @@ impl ConnectionHandle {
         command: &str,
         timeout: Duration,
     ) -> Result<CommandOutput, Error> {
-        let timeout = match self.run_direct(command, timeout).await {
-            Ok(result) => return result,
-            Err(remaining) => remaining,
-        };
+        let bound = Deadline::after(timeout);
+        if let Some(result) = self.run_direct(command, bound.at()).await {
+            return result;
+        }
         self.ask(
             |reply| ConnectionMessage::RunCommand {
                 command: command.to_owned(),
-                timeout: Some(timeout),
+                deadline: Some(bound),
                 reply,
             },
-            timeout + self.timeouts.request,
+            bound,
             Operation::RunCommand,
         )
         .await?
@@ -195,12 +209,14 @@ impl ConnectionHandle {
 
     /// Runs `f` inside the connection's actor with the concrete plugin type `C`, for what the
     /// [`Connection`] trait does not cover. Asking for the wrong type is
-    /// [`Error::WrongConnectionType`]. Bounded by the request timeout.
+    /// [`Error::WrongConnectionType`]. The whole call is bounded by the request timeout.
+    ///
+    /// The closure runs at most once: it goes to a restarted actor only if no actor took it.
     ///
     /// # Cancel safety
     ///
-    /// Once sent, the closure runs in the connection's actor even if this future is dropped; its
-    /// result is discarded.
+    /// Once the actor has started the closure, it runs to its end even if this future is
+    /// dropped, and its result is discarded; dropped earlier, the closure never runs.
     pub async fn with<C, R>(
         &self,
         f: impl for<'a> FnOnce(&'a mut C) -> BoxFuture<'a, R> + Send + 'static,
@@ -209,107 +225,124 @@ impl ConnectionHandle {
         C: Connection,
         R: Send + 'static,
     {
+        let bound = Deadline::after(self.timeouts.request);
         let (result_tx, result_rx) = oneshot::channel();
-        let (reply_tx, reply_rx) = oneshot::channel();
-        let message = ConnectionMessage::With {
-            job: WithJob::new(f, result_tx),
-            reply: reply_tx.into(),
-        };
-        let bound = self.timeouts.request * 2;
-        // The closure can be sent only once; a refused message comes back and goes to the
-        // restarted actor, but one dropped unanswered by a crashing actor cannot be re-sent.
-        let delivery = match deliver(&self.actor, message, reply_rx, bound).await {
-            Delivery::Gone(Some(message)) => {
-                let fresh = self.resolve().await?;
-                let ConnectionMessage::With { job, .. } = message else {
-                    return Err(self.closed());
-                };
-                let (reply_tx, reply_rx) = oneshot::channel();
-                let message = ConnectionMessage::With {
-                    job,
-                    reply: reply_tx.into(),
-                };
-                deliver(&fresh.actor, message, reply_rx, bound).await
-            }
-            other => other,
-        };
-        match delivery {
-            Delivery::Answered(answer) => answer?,
-            Delivery::TimedOut => return Err(self.timed_out(Operation::With, bound)),
-            Delivery::Gone(_) => return Err(self.closed()),
-        }
+        let job = WithJob::new(f, result_tx);
+        self.ask(
+            |reply| ConnectionMessage::With {
+                job: job.clone(),
+                deadline: Some(bound),
+                reply,
+            },
+            bound,
+            Operation::With,
+        )
+        .await??;
+        // Answered `Ok` only after the closure ran, and its result was sent first.
         result_rx.await.map_err(|_| self.closed())
     }
 
     /// Runs `command` on the plugin's concurrent runner without messaging the actor, when the
-    /// actor has published one and its session is up. Otherwise (not open, reconnecting,
-    /// closed, or a plugin without a runner) the command must go through the actor, within
-    /// what is left of `timeout`, which is returned as the error.
+    /// actor has published one and its session is up. `None` when the command must go through
+    /// the actor instead (not open, reconnecting, closed, a plugin without a runner, or the
+    /// route withdrawn before the command got a slot).
     async fn run_direct(
         &self,
         command: &str,
-        timeout: Duration,
-    ) -> Result<Result<CommandOutput, Error>, Duration> {
-        let started = Instant::now();
+        deadline: Instant,
+    ) -> Option<Result<CommandOutput, Error>> {
         let route = self.published.borrow().route.clone();
-        if let Some(route) = route.filter(DirectRoute::is_usable)
-            && let Direct::Ran(result) = route.run(&self.key, command, timeout).await
-        {
-            return Ok(result);
+        let route = route.filter(DirectRoute::is_usable)?;
+        let bound = deadline.saturating_duration_since(Instant::now());
+        match route.run(&self.key, command, bound).await {
+            Direct::Ran(result) => Some(result),
+            Direct::NotStarted => None,
         }
-        Err(timeout.saturating_sub(started.elapsed()))
     }
 
-    /// Sends a request to this connection's actor; if that actor is gone because it crashed,
-    /// asks the supervisor for its successor and sends the request once more there.
+    /// Sends a request to the connection's current actor and waits for the answer until
+    /// `deadline`. A request no actor took goes to the successor once one runs (the actor is
+    /// published on the connection's watch channel, which every restart of it shares); one an
+    /// actor took is answered by it and never sent again.
     async fn ask<T: Send + 'static>(
         &self,
         build: impl Fn(RpcReplyPort<T>) -> ConnectionMessage,
-        bound: Duration,
+        bound: Deadline,
         operation: Operation,
     ) -> Result<T, Error> {
-        let (tx, rx) = oneshot::channel();
-        match deliver(&self.actor, build(tx.into()), rx, bound).await {
-            Delivery::Answered(answer) => return Ok(answer),
-            Delivery::TimedOut => return Err(self.timed_out(operation, bound)),
-            Delivery::Gone(_) => {}
-        }
-        let fresh = self.resolve().await?;
-        let (tx, rx) = oneshot::channel();
-        match deliver(&fresh.actor, build(tx.into()), rx, bound).await {
-            Delivery::Answered(answer) => Ok(answer),
-            Delivery::TimedOut => Err(self.timed_out(operation, bound)),
-            Delivery::Gone(_) => Err(self.closed()),
-        }
-    }
-
-    /// The current handle of this connection after a restart; `Closed` if it was closed.
-    async fn resolve(&self) -> Result<ConnectionHandle, Error> {
-        let key = ConnectionKey::clone(&self.key);
-        let lineage = self.lineage;
-        let resolved = ask_supervisor(
-            &self.supervisor,
-            |reply| SupervisorMessage::Resolve {
-                key,
-                lineage,
-                reply,
-            },
-            self.timeouts.open + self.timeouts.request,
-            Operation::Resolve,
-        )
-        .await;
-        match resolved {
-            Ok(Ok(Some(handle))) => Ok(handle),
-            Ok(Ok(None)) | Err(Error::ShutDown) => Err(self.closed()),
-            Ok(Err(error)) | Err(error) => Err(error),
+        let mut published = self.published.clone();
+        let mut refused_by = None;
+        loop {
+            let actor = self
+                .next_actor(&mut published, refused_by.as_ref(), bound, operation)
+                .await?;
+            let (tx, rx) = oneshot::channel();
+            match deliver(&actor, build(tx.into()), rx, bound.at()).await {
+                Delivery::Answered(answer) => return Ok(answer),
+                Delivery::TimedOut => return Err(self.timed_out(operation, bound.bound())),
+                Delivery::NotTaken => refused_by = Some(actor.get_cell()),
+            }
         }
     }
 
+    /// The actor serving the connection now, other than `not` (one that refused a request):
+    /// waits, until `deadline`, for a restart to bring a successor up. `Closed` once the
+    /// connection is closed (nobody publishes on its channel any more), `Quarantined` while
+    /// its key is quarantined.
+    async fn next_actor(
+        &self,
+        published: &mut tokio::sync::watch::Receiver<Published>,
+        not: Option<&ActorCell>,
+        bound: Deadline,
+        operation: Operation,
+    ) -> Result<ActorRef<ConnectionMessage>, Error> {
+        let usable = |p: &Published| {
+            p.status.state == ConnectionState::Quarantined
+                || p.actor
+                    .as_ref()
+                    .is_some_and(|actor| not.is_none_or(|dead| dead.get_id() != actor.get_id()))
+        };
+        let found = match tokio::time::timeout_at(bound.at(), published.wait_for(usable)).await {
+            Ok(Ok(found)) => found.clone(),
+            Ok(Err(_)) => return Err(self.closed()),
+            Err(_) => return Err(self.timed_out(operation, bound.bound())),
+        };
+        match found.actor {
+            Some(actor) if found.status.state != ConnectionState::Quarantined => {
+                Ok(ActorRef::from(actor))
+            }
+            _ => Err(Error::Quarantined {
+                key: ConnectionKey::clone(&self.key),
+                remaining: found
+                    .status
+                    .next_attempt_at
+                    .and_then(|at| at.duration_since(std::time::SystemTime::now()).ok())
+                    .unwrap_or_default(),
+                reason: found
+                    .status
+                    .last_error
+                    .map(|failure| failure.message)
+                    .unwrap_or_default(),
+            }),
+        }
+    }
+
+    /// The error for a call whose bound ran out, naming what it was waiting for: a reconnect
+    /// if the connection is reconnecting now, its answer otherwise. (The actor reports the
+    /// same when it answers first; which of the two arrives first at the deadline is chance.)
     fn timed_out(&self, operation: Operation, after: Duration) -> Error {
+        let reconnecting = matches!(
+            self.published.borrow().status.state,
+            ConnectionState::Lost | ConnectionState::Reconnecting
+        );
         Error::Timeout {
             operation,
             key: Some(ConnectionKey::clone(&self.key)),
-            stage: Stage::Answer,
+            stage: if reconnecting {
+                Stage::Reconnect
+            } else {
+                Stage::Answer
+            },
             after,
         }
     }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use ractor::{ActorRef, Message, RpcReplyPort};
 
-use crate::config::{SupervisorConfig, Timeouts};
+use crate::config::{Deadline, SupervisorConfig, Timeouts};
 use crate::connection::{ConnectionFactory, ConnectionKey, ResolvedConnectionParams};
 use crate::error::{Error, Operation, Stage};
 use crate::events::{EventDelivery, EventStream, forward_to_actor};
@@ -21,23 +21,57 @@ use crate::runtime::ConnectionSupervisor;
 use crate::runtime::messages::{ConnectionHandle, SupervisorMessage};
 use crate::status::{ConnectionCounters, ConnectionStatus};
 
+/// How a request to the supervisor ended, when it did not time out.
+enum Asked<T> {
+    Answered(T),
+    /// The reply port was dropped unanswered while the supervisor runs: the supervisor passed
+    /// the request on to a connection actor (an open, a retry), which stopped before taking it.
+    /// Never taken, so safe to send again.
+    NotTaken,
+}
+
 /// Sends one request to the supervisor and waits at most `bound` for the answer.
-pub(crate) async fn ask_supervisor<T: Send + 'static>(
+/// [`Error::ShutDown`] only when the supervisor itself is gone.
+async fn call_supervisor<T: Send + 'static>(
     supervisor: &ActorRef<SupervisorMessage>,
     build: impl FnOnce(RpcReplyPort<T>) -> SupervisorMessage,
     bound: Duration,
     operation: Operation,
-) -> Result<T, Error> {
+) -> Result<Asked<T>, Error> {
     use ractor::rpc::CallResult;
     match supervisor.call(build, Some(bound)).await {
-        Ok(CallResult::Success(answer)) => Ok(answer),
+        Ok(CallResult::Success(answer)) => Ok(Asked::Answered(answer)),
         Ok(CallResult::Timeout) => Err(Error::Timeout {
             operation,
             key: None,
             stage: Stage::Answer,
             after: bound,
         }),
+        Ok(CallResult::SenderError) if is_running(supervisor) => Ok(Asked::NotTaken),
         Ok(CallResult::SenderError) | Err(_) => Err(Error::ShutDown),
+    }
+}
+
+/// Whether the supervisor still takes requests (a draining one is shutting down).
+fn is_running(supervisor: &ActorRef<SupervisorMessage>) -> bool {
+    use ractor::ActorStatus;
+    matches!(
+        supervisor.get_status(),
+        ActorStatus::Starting | ActorStatus::Running | ActorStatus::Upgrading
+    )
+}
+
+/// [`call_supervisor`] for requests the supervisor answers itself.
+async fn ask_supervisor<T: Send + 'static>(
+    supervisor: &ActorRef<SupervisorMessage>,
+    build: impl FnOnce(RpcReplyPort<T>) -> SupervisorMessage,
+    bound: Duration,
+    operation: Operation,
+) -> Result<T, Error> {
+    match call_supervisor(supervisor, build, bound, operation).await? {
+        Asked::Answered(answer) => Ok(answer),
+        // The supervisor answers these itself: an unanswered port means it is stopping.
+        Asked::NotTaken => Err(Error::ShutDown),
     }
 }
 
@@ -178,28 +212,39 @@ impl ConnectionManager {
     ) -> Result<Option<ConnectionHandle>, Error> {
         // The supervisor finds (or creates) the connection and hands the request to its actor,
         // which answers: three messages, and the supervisor never waits for the open. The
-        // bound covers a creation, the open and the answer.
-        let bound = self.timeouts.request * 2 + self.timeouts.open;
-        // One retry: a close that raced with the request removed the instance it reached; the
-        // caller asked for an open connection, so ask for the new one.
-        for attempt in 0..2 {
-            let answer = ask_supervisor(
+        // bound covers a creation, the wait for the actor and the open.
+        let bound = Deadline::after(self.timeouts.request + self.timeouts.open);
+        let mut closed_once = false;
+        loop {
+            let answer = call_supervisor(
                 &self.supervisor,
                 |reply| SupervisorMessage::OpenConnection {
                     key: key.clone(),
                     params: params.clone(),
                     reply,
                 },
-                bound,
+                bound.remaining(),
                 Operation::OpenConnection,
             )
             .await?;
             match answer {
-                Err(Error::Closed { .. }) if attempt == 0 => continue,
-                answer => return answer,
+                // A connection actor stopped (crashed) before taking the open: the supervisor
+                // has its successor, or is making it. An open is never taken twice.
+                Asked::NotTaken if !bound.has_passed() => continue,
+                Asked::NotTaken => {
+                    return Err(Error::Timeout {
+                        operation: Operation::OpenConnection,
+                        key: Some(key.clone()),
+                        stage: Stage::Answer,
+                        after: bound.bound(),
+                    });
+                }
+                // A close that raced with the request removed the instance it reached; the
+                // caller asked for an open connection, so ask once for the new one.
+                Asked::Answered(Err(Error::Closed { .. })) if !closed_once => closed_once = true,
+                Asked::Answered(answer) => return answer,
             }
         }
-        Err(Error::Closed { key: key.clone() })
     }
 
     /// Closes the connection for `key` and removes it from the pool; an unknown key is `Ok` and
@@ -258,14 +303,30 @@ impl ConnectionManager {
     ///
     /// Once sent, the attempt runs even if this future is dropped; only its outcome is lost.
     pub async fn retry(&self, key: &ConnectionKey) -> Result<(), Error> {
-        let key = key.clone();
-        ask_supervisor(
-            &self.supervisor,
-            |reply| SupervisorMessage::Retry { key, reply },
-            self.timeouts.open + self.timeouts.request,
-            Operation::Retry,
-        )
-        .await?
+        let bound = Deadline::after(self.timeouts.open + self.timeouts.request);
+        loop {
+            let asked = key.clone();
+            match call_supervisor(
+                &self.supervisor,
+                |reply| SupervisorMessage::Retry { key: asked, reply },
+                bound.remaining(),
+                Operation::Retry,
+            )
+            .await?
+            {
+                Asked::Answered(answer) => return answer,
+                // The connection's actor stopped before taking it: ask its successor.
+                Asked::NotTaken if !bound.has_passed() => {}
+                Asked::NotTaken => {
+                    return Err(Error::Timeout {
+                        operation: Operation::Retry,
+                        key: Some(key.clone()),
+                        stage: Stage::Answer,
+                        after: bound.bound(),
+                    });
+                }
+            }
+        }
     }
 
     /// A snapshot of `key`'s lifecycle: state, failed attempts, last error with its kind, and

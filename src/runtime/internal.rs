@@ -5,6 +5,7 @@
 
 use std::any::Any;
 use std::fmt;
+use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
 use ractor::ActorId;
@@ -41,9 +42,14 @@ pub(crate) type WithRun =
 
 /// A closure to run on the concrete connection type, type-erased so it can travel in a message.
 /// Made only by [`ConnectionHandle::with`](crate::ConnectionHandle::with).
+///
+/// Clones share the one closure, which the first actor to run it takes: a handle keeps a clone,
+/// so a message that no actor took (the closure still in place) can go to a restarted actor,
+/// and the closure still runs at most once.
+#[derive(Clone)]
 pub struct WithJob {
     pub(crate) expected: &'static str,
-    pub(crate) run: WithRun,
+    run: Arc<Mutex<Option<WithRun>>>,
 }
 
 impl WithJob {
@@ -55,16 +61,26 @@ impl WithJob {
         C: Connection,
         R: Send + 'static,
     {
+        let run: WithRun = Box::new(move |connection: &mut (dyn Connection + 'static)| {
+            let connection: &mut dyn Any = connection;
+            let concrete = connection.downcast_mut::<C>()?;
+            Some(Box::pin(async move {
+                let _ = result.send(f(concrete).await);
+            }))
+        });
         Self {
             expected: std::any::type_name::<C>(),
-            run: Box::new(move |connection: &mut (dyn Connection + 'static)| {
-                let connection: &mut dyn Any = connection;
-                let concrete = connection.downcast_mut::<C>()?;
-                Some(Box::pin(async move {
-                    let _ = result.send(f(concrete).await);
-                }))
-            }),
+            run: Arc::new(Mutex::new(Some(run))),
         }
+    }
+
+    /// The closure, for the one actor that runs it; `None` if another already took it.
+    pub(crate) fn take(&self) -> Option<WithRun> {
+        // A poisoned lock only means another taker panicked holding it; the slot is still valid.
+        self.run
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
     }
 }
 

@@ -9,12 +9,11 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
 
 use ractor::{ActorRef, RpcReplyPort};
 use tokio::sync::{broadcast, watch};
 
-use crate::config::Timeouts;
+use crate::config::{Deadline, Timeouts};
 use crate::connection::{
     CommandOutput, ConnectionFactory, ConnectionKey, ResolvedConnectionParams,
 };
@@ -52,16 +51,6 @@ pub enum SupervisorMessage {
         params: ResolvedConnectionParams,
         /// Where the answer goes. `Err(Closed)` means the connection was closed while the
         /// request was on its way: ask again for a new one.
-        reply: RpcReplyPort<GetOrCreateReply>,
-    },
-    /// Finds the current actor of a connection whose actor was restarted; never creates.
-    /// Handles send this themselves when their actor is gone.
-    Resolve {
-        /// The connection.
-        key: ConnectionKey,
-        /// Which line of restarts the caller's handle belongs to.
-        lineage: u64,
-        /// The current handle, or `Closed` if that connection was closed meanwhile.
         reply: RpcReplyPort<GetOrCreateReply>,
     },
     /// Closes the connection for `key` and removes it from the pool. Answers once the plugin's
@@ -141,8 +130,9 @@ pub enum ConnectionMessage {
     Open {
         /// What to open with.
         params: ResolvedConnectionParams,
-        /// Bound on the plugin's `open`; `None` uses the policy's open timeout.
-        timeout: Option<Duration>,
+        /// When the caller stops waiting: the open runs with the time left, and is not started
+        /// after it. `None` gives it the policy's open timeout from when it is handled.
+        deadline: Option<Deadline>,
         /// Answered when the connection is open or the open failed.
         reply: RpcReplyPort<Result<(), Error>>,
     },
@@ -155,8 +145,10 @@ pub enum ConnectionMessage {
     ExecuteCommand {
         /// The command line.
         command: String,
-        /// Bound on the command; `None` uses the policy's request timeout.
-        timeout: Option<Duration>,
+        /// When the caller stops waiting: the command runs with the time left, and is not
+        /// started after it. `None` gives it the policy's request timeout from when it is
+        /// handled.
+        deadline: Option<Deadline>,
         /// The command's output or its error.
         reply: RpcReplyPort<Result<String, Error>>,
     },
@@ -165,8 +157,10 @@ pub enum ConnectionMessage {
     RunCommand {
         /// The command line.
         command: String,
-        /// Bound on the command; `None` uses the policy's request timeout.
-        timeout: Option<Duration>,
+        /// When the caller stops waiting: the command runs with the time left, and is not
+        /// started after it. `None` gives it the policy's request timeout from when it is
+        /// handled.
+        deadline: Option<Deadline>,
         /// The command's output or its error.
         reply: RpcReplyPort<Result<CommandOutput, Error>>,
     },
@@ -175,6 +169,8 @@ pub enum ConnectionMessage {
     With {
         /// The closure.
         job: WithJob,
+        /// As for commands.
+        deadline: Option<Deadline>,
         /// `Ok` once the closure ran (its result travels on its own channel).
         reply: RpcReplyPort<Result<(), Error>>,
     },
@@ -213,9 +209,10 @@ pub struct RoutedOpen {
 /// from the caller's own task instead, up to the plugin's limit at once, while the connection
 /// is open.
 ///
-/// If the connection's actor crashed and was restarted, a call made through an old handle is
-/// sent to the new actor (one extra hop through the supervisor). A handle to a connection that
-/// was *closed* never silently reaches a newer connection of the same key: it gets
+/// /// If the connection's actor crashed and was restarted, an old handle follows: its status,
+/// direct route and calls are the successor's (a call no actor took goes to the successor; one
+/// an actor took is answered by it and never sent twice). A handle to a connection that was
+/// *closed* never silently reaches a newer connection of the same key: it gets
 /// [`Error::Closed`].
 #[derive(Clone)]
 pub struct ConnectionHandle {
@@ -223,7 +220,6 @@ pub struct ConnectionHandle {
     pub(crate) actor: ActorRef<ConnectionMessage>,
     /// Shared by every restart of one connection; a close ends it.
     pub(crate) lineage: u64,
-    pub(crate) supervisor: ActorRef<SupervisorMessage>,
     pub(crate) timeouts: Timeouts,
     /// The status, and the route commands take while they can skip the actor
     /// (`DirectRoute`), as the actor publishes them.
@@ -245,7 +241,6 @@ impl ConnectionHandle {
         key: ConnectionKey,
         actor: ActorRef<ConnectionMessage>,
         lineage: u64,
-        supervisor: ActorRef<SupervisorMessage>,
         timeouts: Timeouts,
         published: watch::Receiver<Published>,
     ) -> Self {
@@ -253,7 +248,6 @@ impl ConnectionHandle {
             key: Arc::new(key),
             actor,
             lineage,
-            supervisor,
             timeouts,
             published,
         }
@@ -279,8 +273,8 @@ impl ConnectionHandle {
         &self.actor
     }
 
-    /// The latest lifecycle snapshot of this instance, read without messaging its actor (so it
-    /// answers even while the connection is busy).
+    ///     /// The latest lifecycle snapshot of this connection (of its successor after a restart),
+    /// read without messaging its actor, so it answers even while the connection is busy.
     pub fn status(&self) -> ConnectionStatus {
         self.published.borrow().status.clone()
     }
@@ -296,9 +290,6 @@ impl fmt::Debug for SupervisorMessage {
                 .field(key)
                 .field(params)
                 .finish(),
-            Self::Resolve { key, lineage, .. } => {
-                f.debug_tuple("Resolve").field(key).field(lineage).finish()
-            }
             Self::CloseConnection { key, .. } => {
                 f.debug_tuple("CloseConnection").field(key).finish()
             }
@@ -323,22 +314,22 @@ impl fmt::Debug for ConnectionMessage {
         match self {
             // Params print redacted (see ResolvedConnectionParams' Debug).
             Self::Open {
-                params, timeout, ..
+                params, deadline, ..
             } => f
                 .debug_struct("Open")
                 .field("params", params)
-                .field("timeout", timeout)
+                .field("deadline", deadline)
                 .finish(),
             Self::Routed(open) => f.debug_tuple("Routed").field(open).finish(),
             Self::IsAlive { .. } => f.write_str("IsAlive"),
-            Self::RunCommand { timeout, .. } => f
+            Self::RunCommand { deadline, .. } => f
                 .debug_struct("RunCommand")
-                .field("timeout", timeout)
+                .field("deadline", deadline)
                 .finish_non_exhaustive(),
             // Commands can carry secrets (e.g. `enable` passwords typed inline): not printed.
-            Self::ExecuteCommand { timeout, .. } => f
+            Self::ExecuteCommand { deadline, .. } => f
                 .debug_struct("ExecuteCommand")
-                .field("timeout", timeout)
+                .field("deadline", deadline)
                 .finish_non_exhaustive(),
             Self::With { job, .. } => f.debug_tuple("With").field(job).finish(),
             Self::Retry { .. } => f.write_str("Retry"),

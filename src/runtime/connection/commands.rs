@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use ractor::ActorProcessingErr;
-use tokio::time::Instant;
 
+use crate::config::Deadline;
 use crate::connection::{CommandError, CommandOutput};
-use crate::error::{Error, Operation};
+use crate::error::{Error, Operation, Stage};
 use crate::guard::{Outcome, guarded, sync_guarded};
 use crate::runtime::internal::WithJob;
 use crate::shared::{Direct, DirectRoute};
@@ -18,12 +18,22 @@ use super::lifecycle::panic_in;
 use super::requests::{CommandReply, Request};
 
 impl ConnectionActorState {
-    /// Runs a request now, or parks it while the connection is reconnecting.
+    /// Runs a request now, or parks it while the connection is reconnecting. A request whose
+    /// caller stopped waiting is dropped unrun; one whose deadline passed while it waited for
+    /// its turn is answered with a timeout, unrun.
     pub(super) async fn run_or_park(
         &mut self,
-        deadline: Instant,
+        deadline: Deadline,
         request: Request,
     ) -> Result<(), ActorProcessingErr> {
+        if request.caller_gone() {
+            return Ok(());
+        }
+        if deadline.has_passed() {
+            let error = self.expired(request.operation(), deadline, Stage::Queue);
+            request.fail(&self.key, error);
+            return Ok(());
+        }
         if self.status.state == ConnectionState::Open && !matches!(self.alive_now(), Ok(true)) {
             // Never hand a request to a connection known to be dead.
             self.lose("found dead before a request".to_owned());
@@ -41,14 +51,10 @@ impl ConnectionActorState {
                 reply.send(Ok(()));
                 Ok(())
             }
-            Request::Command {
-                command,
-                timeout,
-                reply,
-            } => {
-                let bound = timeout.unwrap_or(self.policy.timeouts.request);
+            Request::Command { command, reply } => {
+                let bound = deadline.remaining();
                 if let Some(route) = self.published.route.clone() {
-                    self.spawn_command(route, command, bound, reply);
+                    self.spawn_command(route, command, deadline, reply);
                     return Ok(());
                 }
                 let result = match guarded(bound, self.connection.execute_command(&command)).await {
@@ -84,7 +90,7 @@ impl ConnectionActorState {
                 }
             }
             Request::With { job, reply } => {
-                let result = self.run_with(job).await;
+                let result = self.run_with(job, deadline.remaining()).await;
                 self.notice_loss_after_request();
                 self.answer(reply, result).await
             }
@@ -98,17 +104,17 @@ impl ConnectionActorState {
         &mut self,
         route: DirectRoute,
         command: String,
-        bound: Duration,
+        deadline: Deadline,
         reply: CommandReply,
     ) {
         while self.commands.try_join_next().is_some() {}
         let key = self.key.clone();
         let actor = self.myself.clone();
         self.commands.spawn(async move {
-            match route.run(&key, &command, bound).await {
+            match route.run(&key, &command, deadline.remaining()).await {
                 Direct::Ran(result) => reply.send(&key, result),
                 // Lost before it started: back to the actor, which parks it for the reconnect.
-                Direct::NotStarted => reply.resend(&actor, command, bound),
+                Direct::NotStarted => reply.resend(&actor, command, deadline),
             }
         });
     }
@@ -123,17 +129,23 @@ impl ConnectionActorState {
         }
     }
 
-    pub(super) async fn run_with(&mut self, job: WithJob) -> Result<(), Error> {
+    pub(super) async fn run_with(&mut self, job: WithJob, bound: Duration) -> Result<(), Error> {
         let actual = self.connection.type_name();
-        let WithJob { expected, run } = job;
-        let Some(future) = run(self.connection.as_mut()) else {
-            return Err(Error::WrongConnectionType {
+        let wrong_type = || Error::WrongConnectionType {
+            key: self.key.clone(),
+            expected: job.expected,
+            actual,
+        };
+        // Taken exactly once: a copy of this job sent to another actor finds it gone.
+        let Some(run) = job.take() else {
+            return Err(Error::Closed {
                 key: self.key.clone(),
-                expected,
-                actual,
             });
         };
-        match guarded(self.policy.timeouts.request, future).await {
+        let Some(future) = run(self.connection.as_mut()) else {
+            return Err(wrong_type());
+        };
+        match guarded(bound, future).await {
             Outcome::Done(()) => Ok(()),
             Outcome::TimedOut(after) => Err(self.timed_out(Operation::With, after)),
             Outcome::Panicked(message) => Err(self.panicked(Operation::With, message)),

@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use ractor::{ActorProcessingErr, RpcReplyPort};
-use tokio::time::Instant;
+use ractor::ActorProcessingErr;
 use tracing::{debug, warn};
 
+use crate::config::Deadline;
 use crate::connection::{FailureKind, LossNotifier, ResolvedConnectionParams};
 use crate::error::{Error, Operation, Stage};
 use crate::events::{CloseReason, EventKind};
@@ -18,7 +18,7 @@ use crate::shared::{Count, DirectRoute, RouteNotice};
 use crate::status::{ConnectionState, FailureInfo};
 
 use super::ConnectionActorState;
-use super::requests::{OpenReply, Request};
+use super::requests::{OpenReply, Reply, Request};
 
 /// The error to crash with, if the plugin panicked.
 pub(super) fn panic_in<T>(result: &Result<T, Error>) -> Option<Error> {
@@ -40,11 +40,11 @@ impl ConnectionActorState {
     /// supervisor restarts the key and nobody uses a half-broken plugin again.
     pub(super) async fn answer<T>(
         &mut self,
-        reply: RpcReplyPort<Result<T, Error>>,
+        reply: Reply<T>,
         result: Result<T, Error>,
     ) -> Result<(), ActorProcessingErr> {
         let crash = panic_in(&result);
-        let _ = reply.send(result);
+        reply.send(result);
         match crash {
             Some(error) => self.crash(error).await,
             None => Ok(()),
@@ -64,17 +64,30 @@ impl ConnectionActorState {
     pub(super) async fn open(
         &mut self,
         params: ResolvedConnectionParams,
-        timeout: Option<Duration>,
+        deadline: Deadline,
         reply: OpenReply,
     ) -> Result<(), ActorProcessingErr> {
+        if reply.is_closed() {
+            return Ok(()); // its caller stopped waiting: no open on its behalf
+        }
+        if deadline.has_passed() {
+            reply.send(Err(self.expired(Operation::Open, deadline, Stage::Queue)));
+            return Ok(());
+        }
+        if self.status.state == ConnectionState::Open && !matches!(self.alive_now(), Ok(true)) {
+            // Found dead: that is a loss (counted, backed off, parked requests kept), not a
+            // failed open.
+            self.lose("found dead before an open".to_owned());
+        }
         if self.reconnecting() {
             // Someone else's reconnect is already under way: wait for it rather than adding an
             // attempt (no retry storms from many callers).
-            let deadline = Instant::now() + self.policy.timeouts.open;
             self.park(deadline, Request::Open { reply });
             return Ok(());
         }
-        let result = self.open_requested(params, timeout).await;
+        let result = self
+            .open_requested(params, Some(deadline.remaining()))
+            .await;
         let crash = panic_in(&result);
         reply.send(result);
         match crash {
@@ -285,6 +298,16 @@ impl ConnectionActorState {
             key: self.key.clone(),
             state: self.status.state,
             cause: self.status.last_error.clone(),
+        }
+    }
+
+    /// The answer to a request whose deadline passed before it could run.
+    pub(super) fn expired(&self, operation: Operation, deadline: Deadline, stage: Stage) -> Error {
+        Error::Timeout {
+            operation,
+            key: Some(self.key.clone()),
+            stage,
+            after: deadline.bound(),
         }
     }
 

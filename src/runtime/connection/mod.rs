@@ -23,13 +23,12 @@ use std::hash::RandomState;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
-use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::config::ConnectionPolicy;
+use crate::config::{ConnectionPolicy, Deadline};
 use crate::connection::{Connection, ConnectionKey, ResolvedConnectionParams};
 use crate::error::Error;
 use crate::events::{CloseReason, EventBus};
@@ -45,7 +44,7 @@ mod requests;
 mod resources;
 mod timers;
 
-use requests::{CommandReply, OpenReply, Request};
+use requests::{CommandReply, CutOff, OpenReply, Reply, Request};
 use resources::{Publisher, Timers};
 
 /// The connection actor. Only the supervisor spawns it (its arguments cannot be built outside
@@ -73,6 +72,8 @@ pub struct ConnectionArgs {
 /// A connection actor's private state. Public only because ractor's `Actor` trait names it.
 pub struct ConnectionActorState {
     key: ConnectionKey,
+    /// The same key, shared with every reply port the actor holds (see `requests::Reply`).
+    shared_key: Arc<ConnectionKey>,
     /// This actor's id, which the supervisor's pool knows it by.
     id: ActorId,
     myself: ActorRef<ConnectionMessage>,
@@ -94,7 +95,7 @@ pub struct ConnectionActorState {
     /// Bumped whenever a reconnect is scheduled, so a stale timer does nothing.
     reconnect_generation: u64,
     /// Requests waiting for a reconnect, with their deadlines.
-    parked: VecDeque<(Instant, Request)>,
+    parked: VecDeque<(Deadline, Request)>,
     timers: Timers,
     random: RandomState,
     /// Commands the actor itself started on the runner (replayed after a reconnect); aborted
@@ -120,15 +121,13 @@ impl Actor for ConnectionActor {
         );
         let restart = args.reopen_with.is_some();
         let mut state = ConnectionActorState {
+            shared_key: Arc::new(args.key.clone()),
             key: args.key,
             id: myself.get_id(),
             myself: myself.clone(),
             connection: args.connection,
             status: ConnectionStatus::new(ConnectionState::Created),
-            published: Publisher {
-                route: None,
-                tx: args.published,
-            },
+            published: Publisher::new(args.published, myself.get_cell()),
             supervisor: args.supervisor,
             policy: args.policy,
             open_slots: args.open_slots,
@@ -148,6 +147,8 @@ impl Actor for ConnectionActor {
             state.timers.lifetime = Some(state.tick_after(lifetime, TickKind::LifetimeExpired));
         }
         state.schedule_idle_check(None);
+        // The lineage's channel may still show the crashed predecessor's last status.
+        state.publish();
         if restart {
             // A restarted connection that was open reopens at once, as a reconnect.
             state.schedule_reconnect_in(Duration::ZERO);
@@ -201,57 +202,78 @@ impl ConnectionActorState {
         match message {
             ConnectionMessage::Open {
                 params,
-                timeout,
+                deadline,
                 reply,
-            } => self.open(params, timeout, OpenReply::Done(reply)).await,
+            } => {
+                let deadline = deadline.unwrap_or_else(|| self.open_deadline());
+                let reply = OpenReply::Done(self.reply(reply, CutOff::Closed));
+                self.open(params, deadline, reply).await
+            }
             ConnectionMessage::Routed(routed) => {
                 let RoutedOpen {
                     params,
                     handle,
                     reply,
                 } = *routed;
-                let reply = OpenReply::Handle(Box::new(handle), reply);
-                self.open(params, None, reply).await
+                let deadline = self.open_deadline();
+                let reply = OpenReply::Handle(Box::new(handle), self.reply(reply, CutOff::Closed));
+                self.open(params, deadline, reply).await
             }
             ConnectionMessage::IsAlive { reply } => {
+                let reply = self.reply(reply, CutOff::Closed);
                 let result = self.alive_now();
                 self.answer(reply, result).await
             }
             ConnectionMessage::ExecuteCommand {
                 command,
-                timeout,
+                deadline,
                 reply,
             } => {
-                let deadline = Instant::now() + timeout.unwrap_or(self.policy.timeouts.request);
-                let request = Request::Command {
-                    command,
-                    timeout,
-                    reply: CommandReply::Stdout(reply),
-                };
-                self.run_or_park(deadline, request).await
+                let deadline =
+                    deadline.unwrap_or_else(|| Deadline::after(self.policy.timeouts.request));
+                let reply = CommandReply::Stdout(self.reply(reply, CutOff::Command));
+                self.run_or_park(deadline, Request::Command { command, reply })
+                    .await
             }
             ConnectionMessage::RunCommand {
                 command,
-                timeout,
+                deadline,
                 reply,
             } => {
-                let deadline = Instant::now() + timeout.unwrap_or(self.policy.timeouts.request);
-                let request = Request::Command {
-                    command,
-                    timeout,
-                    reply: CommandReply::Output(reply),
-                };
-                self.run_or_park(deadline, request).await
+                let deadline =
+                    deadline.unwrap_or_else(|| Deadline::after(self.policy.timeouts.request));
+                let reply = CommandReply::Output(self.reply(reply, CutOff::Command));
+                self.run_or_park(deadline, Request::Command { command, reply })
+                    .await
             }
-            ConnectionMessage::With { job, reply } => {
-                let deadline = Instant::now() + self.policy.timeouts.request;
+            ConnectionMessage::With {
+                job,
+                deadline,
+                reply,
+            } => {
+                let deadline =
+                    deadline.unwrap_or_else(|| Deadline::after(self.policy.timeouts.request));
+                let reply = self.reply(reply, CutOff::Closed);
                 self.run_or_park(deadline, Request::With { job, reply })
                     .await
             }
             ConnectionMessage::Retry { reply } => {
+                let reply = self.reply(reply, CutOff::Closed);
+                if self.reconnecting() {
+                    // The next reconnect attempt, now: a failure keeps the connection
+                    // reconnecting (a transient outage must not switch reconnection off), a
+                    // success replays the parked requests.
+                    Timers::cancel(&mut self.timers.reconnect);
+                    self.reconnect().await?;
+                    let result = match self.status.state {
+                        ConnectionState::Open => Ok(()),
+                        _ => Err(self.unavailable()),
+                    };
+                    reply.send(result);
+                    return Ok(());
+                }
                 let result = match self.params.clone() {
                     Some(params) if self.status.state != ConnectionState::Open => {
-                        Timers::cancel(&mut self.timers.reconnect);
                         self.open_requested(params, None).await
                     }
                     Some(_) => Ok(()),
@@ -259,7 +281,7 @@ impl ConnectionActorState {
                 };
                 let reopened = result.is_ok();
                 self.answer(reply, result).await?;
-                // Requests parked during the reconnect this retry cut short run now.
+                // Requests parked before the connection failed run now.
                 if reopened {
                     self.replay_parked().await?;
                 }
@@ -275,6 +297,16 @@ impl ConnectionActorState {
             }
             ConnectionMessage::Internal(Tick(tick)) => self.on_tick(tick).await,
         }
+    }
+
+    /// Takes a caller's reply port: from here on the request is answered, whatever happens.
+    fn reply<T>(&self, port: RpcReplyPort<Result<T, Error>>, cut_off: CutOff) -> Reply<T> {
+        Reply::new(port, &self.shared_key, cut_off)
+    }
+
+    /// The deadline of an open that came without one: the open timeout from now.
+    fn open_deadline(&self) -> Deadline {
+        Deadline::after(self.policy.timeouts.open)
     }
 
     fn refuse(&self, message: ConnectionMessage) {

@@ -10,6 +10,7 @@ use ractor::ActorProcessingErr;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use crate::config::Deadline;
 use crate::connection::FailureKind;
 use crate::error::{Error, Stage};
 use crate::events::EventKind;
@@ -119,8 +120,9 @@ impl ConnectionActorState {
         )
     }
 
-    pub(super) fn park(&mut self, deadline: Instant, request: Request) {
+    pub(super) fn park(&mut self, deadline: Deadline, request: Request) {
         self.parked.push_back((deadline, request));
+        let deadline = deadline.at();
         self.publish();
         let sooner = self
             .timers
@@ -143,19 +145,14 @@ impl ConnectionActorState {
         let (expired, waiting): (VecDeque<_>, VecDeque<_>) = self
             .parked
             .drain(..)
-            .partition(|(deadline, _)| *deadline <= now);
+            .partition(|(deadline, _)| deadline.at() <= now);
         self.parked = waiting;
-        for (_, request) in expired {
-            let error = Error::Timeout {
-                operation: request.operation(),
-                key: Some(self.key.clone()),
-                stage: Stage::Reconnect,
-                after: self.policy.timeouts.request,
-            };
+        for (deadline, request) in expired {
+            let error = self.expired(request.operation(), deadline, Stage::Reconnect);
             request.fail(&self.key, error);
         }
         self.publish();
-        if let Some(next) = self.parked.iter().map(|(deadline, _)| *deadline).min() {
+        if let Some(next) = self.parked.iter().map(|(deadline, _)| deadline.at()).min() {
             let timer =
                 self.tick_after(next.saturating_duration_since(now), TickKind::ExpireParked);
             self.timers.parked = Some((next, timer));
@@ -171,7 +168,7 @@ impl ConnectionActorState {
             if request.caller_gone() {
                 continue; // its caller stopped waiting: running it now would surprise nobody
             }
-            if deadline <= Instant::now() {
+            if deadline.has_passed() {
                 self.parked.push_back((deadline, request));
                 continue;
             }

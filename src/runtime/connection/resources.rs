@@ -1,6 +1,7 @@
 //! What a connection actor owns that must not outlive it: its timers and its end of the
 //! published route. Both clean up when dropped, however the actor ends.
 
+use ractor::ActorCell;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -8,14 +9,28 @@ use tokio::time::Instant;
 use crate::shared::{DirectRoute, Published};
 use crate::status::ConnectionStatus;
 
-/// The actor's end of the [`Published`] channel. Withdraws the route when dropped, so a route
-/// never outlives its actor, however the actor ends.
+/// The actor's end of the [`Published`] channel, which every actor of the connection's lineage
+/// shares. Publishes the actor itself on creation, and withdraws it and its route when dropped,
+/// so neither outlives the actor, however it ends (and a successor already up is left alone).
 pub(super) struct Publisher {
     pub(super) route: Option<DirectRoute>,
     pub(super) tx: watch::Sender<Published>,
+    me: ActorCell,
 }
 
 impl Publisher {
+    pub(super) fn new(tx: watch::Sender<Published>, me: ActorCell) -> Self {
+        tx.send_modify(|published| {
+            published.actor = Some(me.clone());
+            published.route = None;
+        });
+        Self {
+            route: None,
+            tx,
+            me,
+        }
+    }
+
     pub(super) fn status(&self, status: &ConnectionStatus) {
         self.tx
             .send_modify(|published| published.status = status.clone());
@@ -33,7 +48,21 @@ impl Publisher {
 
 impl Drop for Publisher {
     fn drop(&mut self) {
-        self.route(None);
+        if let Some(old) = self.route.take() {
+            old.withdraw();
+        }
+        let me = self.me.get_id();
+        self.tx.send_if_modified(|published| {
+            let mine = published
+                .actor
+                .as_ref()
+                .is_some_and(|actor| actor.get_id() == me);
+            if mine {
+                published.actor = None;
+                published.route = None;
+            }
+            mine
+        });
     }
 }
 

@@ -23,7 +23,7 @@ use crate::events::{CloseReason, EventBus};
 use crate::runtime::internal::{Report, ReportKind};
 use crate::runtime::messages::SupervisorMessage;
 use crate::shared::PluginCounters;
-use crate::status::{ConnectionState, ConnectionStatus, FailureInfo};
+use crate::status::{ConnectionState, ConnectionStatus};
 
 mod limits;
 mod pool;
@@ -112,11 +112,6 @@ impl Actor for ConnectionSupervisor {
             SupervisorMessage::OpenConnection { key, params, reply } => {
                 state.get_or_create(key, Waiter::Open(params, reply))
             }
-            SupervisorMessage::Resolve {
-                key,
-                lineage,
-                reply,
-            } => state.resolve(key, lineage, reply),
             SupervisorMessage::CloseConnection { key, reply } => {
                 state.close(key, reply, CloseReason::Requested);
             }
@@ -198,16 +193,7 @@ impl SupervisorState {
         Some(match self.pool.get(key)? {
             Slot::Ready(pooled) => pooled.handle.status(),
             Slot::Creating(_) => ConnectionStatus::new(ConnectionState::Created),
-            Slot::Quarantined(quarantine) => ConnectionStatus {
-                state: ConnectionState::Quarantined,
-                attempts: 0,
-                last_error: Some(FailureInfo {
-                    kind: crate::FailureKind::Unknown,
-                    message: quarantine.reason.clone(),
-                }),
-                next_attempt_at: Some(quarantine.until_wall),
-                waiting_requests: 0,
-            },
+            Slot::Quarantined(quarantine) => quarantine.status(),
         })
     }
 

@@ -16,13 +16,11 @@ use crate::events::EventKind;
 use crate::guard::panic_message;
 use crate::runtime::connection::{ConnectionActor, ConnectionArgs};
 use crate::runtime::internal::{Report, ReportKind};
-use crate::runtime::messages::{
-    ConnectionHandle, ConnectionMessage, GetOrCreateReply, SupervisorMessage,
-};
+use crate::runtime::messages::{ConnectionHandle, ConnectionMessage, SupervisorMessage};
 use crate::shared::{Activity, Count, Published};
 
 use super::SupervisorState;
-use super::slots::{Creation, Pooled, Slot, Waiter, answer_all, quarantined};
+use super::slots::{Creation, Pooled, Quarantine, Slot, Waiter, answer_all, quarantined};
 
 impl SupervisorState {
     pub(super) fn get_or_create(&mut self, key: ConnectionKey, reply: Waiter) {
@@ -60,30 +58,7 @@ impl SupervisorState {
             return;
         }
         let lineage = self.fresh_id();
-        self.start_creation(key, lineage, vec![reply], None);
-    }
-
-    pub(super) fn resolve(
-        &mut self,
-        key: ConnectionKey,
-        lineage: u64,
-        reply: RpcReplyPort<GetOrCreateReply>,
-    ) {
-        let answer = match self.pool.get_mut(&key) {
-            Some(Slot::Ready(pooled)) if pooled.handle.lineage() == lineage => {
-                Ok(Some(pooled.handle.clone()))
-            }
-            Some(Slot::Creating(creation)) if creation.lineage == lineage => {
-                creation.waiters.push(Waiter::Handle(reply));
-                return;
-            }
-            Some(Slot::Quarantined(quarantine)) if quarantine.lineage == lineage => {
-                Err(quarantined(&key, quarantine, Instant::now()))
-            }
-            _ if self.shutting_down => Err(Error::ShutDown),
-            _ => Err(Error::Closed { key }),
-        };
-        let _ = reply.send(answer);
+        self.start_creation(key, lineage, vec![reply], None, None);
     }
 
     pub(super) fn start_creation(
@@ -92,6 +67,7 @@ impl SupervisorState {
         lineage: u64,
         waiters: Vec<Waiter>,
         reopen_with: Option<ResolvedConnectionParams>,
+        published: Option<watch::Sender<Published>>,
     ) {
         let Some(factory) = self.config.factory.clone() else {
             answer_all(waiters, || Err(Error::FactoryNotSet));
@@ -108,6 +84,7 @@ impl SupervisorState {
                 waiters,
                 closer: None,
                 reopen_with,
+                published,
             }),
         );
     }
@@ -135,6 +112,7 @@ impl SupervisorState {
             waiters,
             closer,
             reopen_with,
+            published,
             ..
         } = creation;
         let connection = match result {
@@ -162,7 +140,8 @@ impl SupervisorState {
         self.events.emit(&key, EventKind::Created);
         let policy = self.config.policy_for(&key.plugin_name).clone();
         let timeouts = policy.timeouts;
-        let (published_tx, published_rx) = watch::channel(Published::new());
+        let published_tx = published.unwrap_or_else(|| watch::channel(Published::new()).0);
+        let published_rx = published_tx.subscribe();
         let activity = Arc::new(Activity::new(self.epoch));
         let args = ConnectionArgs {
             key: key.clone(),
@@ -171,7 +150,7 @@ impl SupervisorState {
             policy,
             open_slots: self.open_slots.clone(),
             events: self.events.clone(),
-            published: published_tx,
+            published: published_tx.clone(),
             activity: activity.clone(),
             counters,
             reopen_with: reopen_with.clone(),
@@ -193,14 +172,7 @@ impl SupervisorState {
                 return;
             }
         };
-        let handle = ConnectionHandle::new(
-            key.clone(),
-            actor,
-            lineage,
-            self.myself.clone(),
-            timeouts,
-            published_rx,
-        );
+        let handle = ConnectionHandle::new(key.clone(), actor, lineage, timeouts, published_rx);
         for waiter in waiters {
             waiter.serve(&handle);
         }
@@ -219,6 +191,7 @@ impl SupervisorState {
                         handle,
                         reopen_with,
                         activity,
+                        published: published_tx,
                     }),
                 );
             }
@@ -236,11 +209,14 @@ impl SupervisorState {
             Some(Slot::Creating(_)) => {
                 let _ = reply.send(Ok(()));
             }
-            Some(Slot::Quarantined(quarantine)) => {
-                let lineage = quarantine.lineage;
-                self.take_slot(&key);
-                self.restarts.remove(&key);
-                self.start_creation(key, lineage, Vec::new(), None);
+            Some(Slot::Quarantined(_)) => {
+                if let Some(Slot::Quarantined(quarantine)) = self.take_slot(&key) {
+                    self.restarts.remove(&key);
+                    let Quarantine {
+                        lineage, published, ..
+                    } = quarantine;
+                    self.start_creation(key, lineage, Vec::new(), None, Some(published));
+                }
                 let _ = reply.send(Ok(()));
             }
             None => {

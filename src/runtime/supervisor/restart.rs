@@ -53,21 +53,33 @@ impl SupervisorState {
                     reason: reason.clone(),
                 },
             );
-            self.insert_slot(
-                key,
-                Slot::Quarantined(Quarantine {
-                    until: now + policy.quarantine,
-                    until_wall: SystemTime::now() + policy.quarantine,
-                    reason,
-                    lineage,
-                }),
-            );
+            let quarantine = Quarantine {
+                until: now + policy.quarantine,
+                until_wall: SystemTime::now() + policy.quarantine,
+                reason,
+                lineage,
+                published: pooled.published,
+            };
+            // Handles of this lineage read the quarantine, and their calls get its error.
+            let status = quarantine.status();
+            quarantine.published.send_modify(|published| {
+                published.status = status;
+                published.route = None;
+                published.actor = None;
+            });
+            self.insert_slot(key, Slot::Quarantined(quarantine));
             return;
         }
         warn!(%key, %reason, restarts, "connection actor failed; restarting it");
         counters.count(Count::Restarted);
         self.events
             .emit(&key, EventKind::Restarted { restarts, reason });
-        self.start_creation(key, lineage, Vec::new(), pooled.reopen_with);
+        self.start_creation(
+            key,
+            lineage,
+            Vec::new(),
+            pooled.reopen_with,
+            Some(pooled.published),
+        );
     }
 }

@@ -5,13 +5,15 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use ractor::RpcReplyPort;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::connection::{ConnectionKey, ResolvedConnectionParams};
+use crate::connection::{ConnectionKey, FailureKind, ResolvedConnectionParams};
 use crate::error::Error;
 use crate::events::CloseReason;
 use crate::runtime::messages::{ConnectionHandle, ConnectionMessage, GetOrCreateReply, RoutedOpen};
-use crate::shared::Activity;
+use crate::shared::{Activity, Published};
+use crate::status::{ConnectionState, ConnectionStatus, FailureInfo};
 
 pub(super) enum Slot {
     Creating(Creation),
@@ -27,6 +29,8 @@ pub(super) struct Creation {
     pub(super) closer: Option<(RpcReplyPort<()>, CloseReason)>,
     /// A restart of a connection that was open: the new actor reopens with these.
     pub(super) reopen_with: Option<ResolvedConnectionParams>,
+    /// A restart: the lineage's channel, so handles made before the crash see the successor.
+    pub(super) published: Option<watch::Sender<Published>>,
 }
 
 /// A caller waiting for a connection: for its handle, or for it to be open.
@@ -72,6 +76,8 @@ pub(super) struct Pooled {
     /// The params of its last successful open, for reopening after a crash.
     pub(super) reopen_with: Option<ResolvedConnectionParams>,
     pub(super) activity: Arc<Activity>,
+    /// The lineage's channel, handed to the actor that replaces this one after a crash.
+    pub(super) published: watch::Sender<Published>,
 }
 
 pub(super) struct Quarantine {
@@ -79,6 +85,19 @@ pub(super) struct Quarantine {
     pub(super) until_wall: SystemTime,
     pub(super) reason: String,
     pub(super) lineage: u64,
+    /// The lineage's channel: old handles read the quarantine from it, and a restart after it
+    /// goes on publishing there.
+    pub(super) published: watch::Sender<Published>,
+}
+
+impl Quarantine {
+    /// The status a quarantined key reports: no actor runs for it.
+    pub(super) fn status(&self) -> ConnectionStatus {
+        let mut status = ConnectionStatus::new(ConnectionState::Quarantined);
+        status.last_error = Some(FailureInfo::new(FailureKind::Unknown, self.reason.clone()));
+        status.next_attempt_at = Some(self.until_wall);
+        status
+    }
 }
 
 impl Slot {
