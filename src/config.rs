@@ -63,47 +63,6 @@ impl Timeouts {
     }
 }
 
-/// When a caller stops waiting for a request: set when the call starts and carried with the
-/// request, so the actor that takes it late runs it with only the time left, or not at all
-/// once the caller has given up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Deadline {
-    at: tokio::time::Instant,
-    bound: Duration,
-}
-
-impl Deadline {
-    /// `bound` from now. A bound beyond about thirty years is taken as thirty years, so that no
-    /// bound can overflow the clock.
-    pub fn after(bound: Duration) -> Self {
-        Self {
-            at: crate::guard::deadline_after(bound),
-            bound,
-        }
-    }
-
-    /// The instant the caller stops waiting.
-    pub fn at(&self) -> tokio::time::Instant {
-        self.at
-    }
-
-    /// The bound the caller gave, for the error when it runs out.
-    pub fn bound(&self) -> Duration {
-        self.bound
-    }
-
-    /// What is left of it now; zero once it has passed.
-    pub fn remaining(&self) -> Duration {
-        self.at
-            .saturating_duration_since(tokio::time::Instant::now())
-    }
-
-    /// Whether it has passed.
-    pub fn has_passed(&self) -> bool {
-        tokio::time::Instant::now() >= self.at
-    }
-}
-
 /// Exponential backoff with jitter between reconnect attempts, in the spirit of Elixir's
 /// DBConnection: attempt `n` waits `min(max, initial * multiplier^(n-1))`, then spread by
 /// `±jitter` so that hosts dropped together do not come back in lockstep.

@@ -37,13 +37,3 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         "a panic with a non-string payload".to_owned()
     }
 }
-
-/// About thirty years: the farthest deadline the crate sets. A bound longer than that means "no
-/// bound" in practice, and stopping there keeps every `Instant` sum from overflowing.
-const FOREVER: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
-
-/// The instant `bound` from now, saturating at [`FOREVER`] so that no bound (however large)
-/// can overflow the clock.
-pub(crate) fn deadline_after(bound: Duration) -> tokio::time::Instant {
-    tokio::time::Instant::now() + bound.min(FOREVER)
-}

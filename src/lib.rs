@@ -59,7 +59,8 @@
 //!   and [`CommandRunner`] traits, their errors, the factory and the loss notifier.
 //! - `status.rs`: lifecycle state, status snapshot, failure info, counters: plain data.
 //! - `error.rs`: the one [`Error`] type, with the [`Operation`] and [`Stage`] it names.
-//! - `config.rs`: [`SupervisorConfig`] and the policies, with their defaults and validation.
+//! - `config.rs`: [`SupervisorConfig`] and the policies, with their defaults and validation;
+//!   `deadline.rs`: the [`Deadline`] a request carries.
 //! - `events.rs`: lifecycle [`ConnectionEvent`]s, the bus and the [`EventStream`].
 //! - `guard.rs`: every plugin call runs bounded and with panics caught.
 //! - `shared.rs`: the little that is shared between tasks instead of owned by an actor, and
@@ -80,6 +81,7 @@
 mod client;
 mod config;
 pub mod connection;
+mod deadline;
 mod error;
 mod events;
 mod guard;
@@ -92,13 +94,12 @@ mod status;
 pub mod testing;
 
 pub use client::{ConnectionManager, SupervisorGuard};
-pub use config::{
-    AtLimit, Backoff, ConnectionPolicy, Deadline, RestartPolicy, SupervisorConfig, Timeouts,
-};
+pub use config::{AtLimit, Backoff, ConnectionPolicy, RestartPolicy, SupervisorConfig, Timeouts};
 pub use connection::{
     CommandError, CommandOutput, CommandRunner, Connection, ConnectionFactory, ConnectionKey,
     Extras, FailureKind, LossNotifier, OpenError, ResolvedConnectionParams,
 };
+pub use deadline::Deadline;
 pub use error::{Error, LimitScope, Operation, Stage};
 pub use events::{CloseReason, ConnectionEvent, EventDelivery, EventKind, EventStream};
 pub use runtime::messages::ConnectionHandle;

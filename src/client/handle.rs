@@ -14,8 +14,8 @@ use ractor::{ActorCell, ActorRef, RpcReplyPort};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::config::Deadline;
 use crate::connection::{CommandOutput, Connection, ConnectionKey, ResolvedConnectionParams};
+use crate::deadline::Deadline;
 use crate::error::{Error, Operation, Stage};
 use crate::runtime::internal::WithJob;
 use crate::runtime::messages::{ConnectionHandle, ConnectionMessage};

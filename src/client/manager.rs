@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use ractor::{ActorRef, Message, RpcReplyPort};
 
-use crate::config::{Deadline, SupervisorConfig, Timeouts};
+use crate::config::{SupervisorConfig, Timeouts};
 use crate::connection::{ConnectionFactory, ConnectionKey, ResolvedConnectionParams};
+use crate::deadline::Deadline;
 use crate::error::{Error, Operation, Stage};
 use crate::events::{EventDelivery, EventStream, forward_to_actor};
 use crate::runtime::ConnectionSupervisor;

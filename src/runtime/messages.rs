@@ -13,10 +13,11 @@ use std::sync::Arc;
 use ractor::{ActorRef, RpcReplyPort};
 use tokio::sync::{broadcast, watch};
 
-use crate::config::{Deadline, Timeouts};
+use crate::config::Timeouts;
 use crate::connection::{
     CommandOutput, ConnectionFactory, ConnectionKey, ResolvedConnectionParams,
 };
+use crate::deadline::Deadline;
 use crate::error::Error;
 use crate::events::{CloseReason, ConnectionEvent};
 use crate::runtime::internal::{Report, Tick, WithJob};

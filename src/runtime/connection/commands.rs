@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use ractor::ActorProcessingErr;
 
-use crate::config::Deadline;
 use crate::connection::{CommandError, CommandOutput};
+use crate::deadline::Deadline;
 use crate::error::{Error, Operation, Stage};
 use crate::guard::{Outcome, guarded, sync_guarded};
 use crate::runtime::internal::WithJob;

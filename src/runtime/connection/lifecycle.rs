@@ -7,8 +7,8 @@ use std::time::Duration;
 use ractor::ActorProcessingErr;
 use tracing::{debug, warn};
 
-use crate::config::Deadline;
 use crate::connection::{FailureKind, LossNotifier, ResolvedConnectionParams};
+use crate::deadline::Deadline;
 use crate::error::{Error, Operation, Stage};
 use crate::events::{CloseReason, EventKind};
 use crate::guard::{Outcome, guarded, sync_guarded};

@@ -28,8 +28,9 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::config::{ConnectionPolicy, Deadline};
+use crate::config::ConnectionPolicy;
 use crate::connection::{Connection, ConnectionKey, ResolvedConnectionParams};
+use crate::deadline::Deadline;
 use crate::error::Error;
 use crate::events::{CloseReason, EventBus};
 use crate::runtime::internal::{Tick, TickKind};

@@ -10,8 +10,8 @@ use ractor::ActorProcessingErr;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::config::Deadline;
 use crate::connection::FailureKind;
+use crate::deadline::Deadline;
 use crate::error::{Error, Stage};
 use crate::events::EventKind;
 use crate::runtime::internal::TickKind;

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use ractor::{ActorRef, RpcReplyPort};
 
-use crate::config::Deadline;
 use crate::connection::{CommandError, CommandOutput, ConnectionKey};
+use crate::deadline::Deadline;
 use crate::error::{Error, Operation};
 use crate::runtime::internal::WithJob;
 use crate::runtime::messages::{ConnectionHandle, ConnectionMessage};
