@@ -7,6 +7,20 @@
 //!
 //! Their state and their internal messages are private; docs/architecture.md describes how a
 //! request flows through them.
+//!
+//! # Stopping
+//!
+//! However the supervisor ends, every connection is closed exactly once, each within its close
+//! timeout: a [`SupervisorMessage::Shutdown`] closes them and answers when all are done; a
+//! `stop()` (the supervisor's own, or its owner stopping its children) closes them in the
+//! supervisor's `post_stop` before ractor stops the connection actors; a kill, a panic in the
+//! supervisor, or an owner that stops or fails (ractor then kills the whole subtree, and no
+//! `post_stop` runs) leaves each connection actor to close its connection on a task of its own
+//! as it is dropped. Only the first two let anyone wait for the closes, so an owner that must
+//! know its connections are closed before it goes on should, in its own `post_stop`, send
+//! `Shutdown` with `call!` (or call
+//! [`ConnectionManager::shutdown`](crate::ConnectionManager::shutdown)) and wait for the
+//! answer.
 
 mod connection;
 pub(crate) mod internal;

@@ -26,16 +26,19 @@ use std::time::Duration;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
-use tracing::Instrument;
+use tracing::{Instrument, warn};
 
 use crate::config::ConnectionPolicy;
-use crate::connection::{Connection, ConnectionKey, ResolvedConnectionParams};
+use crate::connection::{
+    Connection, ConnectionKey, FailureKind, OpenError, ResolvedConnectionParams,
+};
 use crate::deadline::Deadline;
 use crate::error::Error;
-use crate::events::{CloseReason, EventBus};
+use crate::events::{CloseReason, EventBus, EventKind};
+use crate::guard::{Outcome, guarded};
 use crate::runtime::internal::{Tick, TickKind};
 use crate::runtime::messages::{ConnectionMessage, RoutedOpen, SupervisorMessage};
-use crate::shared::{Activity, PluginCounters, Published};
+use crate::shared::{Activity, Count, PluginCounters, Published};
 use crate::status::{ConnectionState, ConnectionStatus};
 
 mod commands;
@@ -181,6 +184,63 @@ impl Actor for ConnectionActor {
         state.close(CloseReason::Requested).instrument(span).await;
         Ok(())
     }
+}
+
+impl Drop for ConnectionActorState {
+    /// A connection actor that ends without closing its connection was killed: its supervisor
+    /// stopped (by its owner, a kill or a panic) and ractor killed its children, so neither a
+    /// `Close` nor `post_stop` ran. Dropping cannot wait, so the close runs on a task of its
+    /// own, bounded by the close timeout, counted and announced as any close.
+    fn drop(&mut self) {
+        if matches!(
+            self.status.state,
+            ConnectionState::Closing | ConnectionState::Closed
+        ) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            warn!(key = %self.key, "connection actor dropped outside a runtime; not closed");
+            return;
+        };
+        let mut connection = std::mem::replace(&mut self.connection, Box::new(Detached));
+        let key = self.key.clone();
+        let (counters, events) = (self.counters.clone(), self.events.clone());
+        let bound = self.policy.timeouts.close;
+        runtime.spawn(async move {
+            match guarded(bound, connection.close()).await {
+                Outcome::Done(()) => {}
+                Outcome::TimedOut(after) => warn!(%key, ?after, "close timed out; dropped"),
+                Outcome::Panicked(message) => warn!(%key, %message, "plugin panicked in close"),
+            }
+            counters.count(Count::Closed);
+            events.emit(
+                &key,
+                EventKind::Closed {
+                    reason: CloseReason::Shutdown,
+                },
+            );
+        });
+    }
+}
+
+/// What a connection actor holds once its plugin instance has been handed to the task that
+/// closes it.
+struct Detached;
+
+#[async_trait::async_trait]
+impl Connection for Detached {
+    fn is_alive(&self) -> bool {
+        false
+    }
+
+    async fn open(&mut self, _params: &ResolvedConnectionParams) -> Result<(), OpenError> {
+        Err(OpenError::new(
+            FailureKind::Unknown,
+            "the connection was closed",
+        ))
+    }
+
+    async fn close(&mut self) {}
 }
 
 impl ConnectionActorState {

@@ -153,6 +153,24 @@ impl Actor for ConnectionSupervisor {
         Ok(())
     }
 
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // Stopped by `stop()` (its own, or its owner stopping its children) rather than by a
+        // Shutdown message: close every pooled connection now, bounded like a shutdown, while
+        // the connection actors still run (ractor kills them right after this returns). A kill
+        // or a panic skips this; each connection then closes itself as its actor is dropped.
+        state.shutting_down = true;
+        let pending = state.close_every_pooled(CloseReason::Shutdown);
+        if !pending.is_empty() {
+            let bound = state.longest_close_wait();
+            let _ = tokio::time::timeout(bound, futures::future::join_all(pending)).await;
+        }
+        Ok(())
+    }
+
     async fn handle_supervisor_evt(
         &self,
         _myself: ActorRef<Self::Msg>,
