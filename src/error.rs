@@ -303,6 +303,9 @@ pub enum Stage {
     /// Its turn: the connection's actor was busy with earlier requests until the deadline
     /// passed, so the request was never started.
     Queue,
+    /// The factory: it did not return a connection for the key within the key's open timeout.
+    /// Whatever it returns later is closed at once.
+    Factory,
 }
 
 impl Stage {
@@ -311,6 +314,7 @@ impl Stage {
             Self::Answer => "",
             Self::Reconnect => " waiting for a reconnect",
             Self::Queue => " waiting for its turn",
+            Self::Factory => " waiting for the connection factory",
         }
     }
 }

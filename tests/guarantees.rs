@@ -322,3 +322,72 @@ async fn a_handle_from_before_a_crash_follows_the_successor_fully() {
     assert!(old.is_alive().await.unwrap());
     finish(manager, &plugin).await;
 }
+
+// On the real clock: tokio does not auto-advance a paused clock while a blocking task runs.
+#[tokio::test]
+async fn a_hung_factory_stalls_nothing_and_what_it_makes_late_is_closed() {
+    let plugin = FaultPlugin::new("fault");
+    let inner = plugin.factory();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let released = std::sync::Mutex::new(released);
+    // Blocks its thread, as a factory doing blocking I/O would.
+    let factory: std::sync::Arc<connection_supervisor::ConnectionFactory> =
+        std::sync::Arc::new(move |key: &connection_supervisor::ConnectionKey| {
+            if key.hostname == "stuck" {
+                let _ = released.lock().map(|released| released.recv());
+            }
+            inner(key)
+        });
+    let config = SupervisorConfig::default()
+        .factory(factory)
+        .open_timeout(Duration::from_secs(2));
+    let manager = ConnectionManager::spawn(config).await.unwrap();
+
+    // On this test's single-threaded runtime, a factory run on a worker would stall every
+    // actor; the other key opens while the stuck one waits.
+    let stuck = {
+        let manager = manager.clone();
+        let key = plugin.key("stuck");
+        tokio::spawn(async move { manager.get_or_create(key).await })
+    };
+    let other = manager
+        .open_connection(&plugin.key("r1"), &ResolvedConnectionParams::new("r1"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(other.is_alive().await.unwrap());
+
+    let error = tokio::time::timeout(WAIT, stuck)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            Error::Timeout {
+                operation: connection_supervisor::Operation::GetOrCreate,
+                stage: connection_supervisor::Stage::Factory,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert_eq!(
+        manager
+            .connection_status(&plugin.key("stuck"))
+            .await
+            .unwrap(),
+        None,
+        "the key is free again"
+    );
+
+    // What the factory returns after its creation expired is closed, and counted as such.
+    release.send(()).unwrap();
+    let ledger = plugin.ledger();
+    until("the late connection is closed", || {
+        get(&ledger.created) == 2 && get(&ledger.closed) == 1
+    })
+    .await;
+    finish(manager, &plugin).await;
+}

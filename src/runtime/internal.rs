@@ -99,6 +99,9 @@ pub(crate) enum ReportKind {
         key: ConnectionKey,
         params: Option<ResolvedConnectionParams>,
     },
+    /// Creation `creation` ran out of time: its waiters are answered, and whatever the factory
+    /// returns later is closed.
+    CreationExpired { creation: u64, key: ConnectionKey },
     /// A connection actor closed its connection: it leaves the pool.
     Closed {
         key: ConnectionKey,
@@ -150,6 +153,11 @@ impl fmt::Debug for Report {
                 .debug_struct("Opened")
                 .field("key", key)
                 .finish_non_exhaustive(),
+            ReportKind::CreationExpired { creation, key } => f
+                .debug_struct("CreationExpired")
+                .field("creation", creation)
+                .field("key", key)
+                .finish(),
             ReportKind::Closed { key, actor, reason } => f
                 .debug_struct("Closed")
                 .field("key", key)

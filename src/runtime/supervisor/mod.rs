@@ -227,6 +227,7 @@ impl SupervisorState {
                     pooled.reopen_with = params;
                 }
             }
+            ReportKind::CreationExpired { creation, key } => self.expire_creation(creation, key),
             ReportKind::Closed { key, actor, reason } => {
                 // A connection closed by a direct message (not through the supervisor) leaves
                 // the pool here. A crashed one is still pooled until its ActorFailed arrives,

@@ -11,9 +11,9 @@ use tokio::time::Instant;
 use tracing::{debug, error, warn};
 
 use crate::connection::{Connection, ConnectionFactory, ConnectionKey, ResolvedConnectionParams};
-use crate::error::Error;
+use crate::error::{Error, Stage};
 use crate::events::EventKind;
-use crate::guard::panic_message;
+use crate::guard::{guarded, panic_message};
 use crate::runtime::connection::{ConnectionActor, ConnectionArgs};
 use crate::runtime::internal::{Report, ReportKind};
 use crate::runtime::messages::{ConnectionHandle, ConnectionMessage, SupervisorMessage};
@@ -74,8 +74,23 @@ impl SupervisorState {
             return;
         };
         let id = self.fresh_id();
-        let close_timeout = self.config.policy_for(&key.plugin_name).timeouts.close;
-        spawn_factory_task(self.myself.clone(), factory, id, key.clone(), close_timeout);
+        let timeouts = self.config.policy_for(&key.plugin_name).timeouts;
+        spawn_factory_task(
+            self.myself.clone(),
+            factory,
+            id,
+            key.clone(),
+            timeouts.close,
+        );
+        let expiry = {
+            let (supervisor, key) = (self.myself.clone(), key.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(timeouts.open).await;
+                let expired = ReportKind::CreationExpired { creation: id, key };
+                let _ = supervisor.cast(SupervisorMessage::Report(Report(expired)));
+            })
+            .abort_handle()
+        };
         self.insert_slot(
             key,
             Slot::Creating(Creation {
@@ -85,6 +100,7 @@ impl SupervisorState {
                 closer: None,
                 reopen_with,
                 published,
+                expiry,
             }),
         );
     }
@@ -104,9 +120,16 @@ impl SupervisorState {
         } else {
             match self.orphans.remove(&id) {
                 Some((_, creation)) => creation,
-                None => return,
+                None => {
+                    // Its creation expired: nobody waits for this connection any more.
+                    if let Ok(Some(connection)) = result {
+                        self.close_unpooled(key, connection);
+                    }
+                    return;
+                }
             }
         };
+        creation.expiry.abort();
         let Creation {
             lineage,
             waiters,
@@ -198,6 +221,51 @@ impl SupervisorState {
         }
     }
 
+    /// A creation whose factory did not return within the open timeout: its waiters get a
+    /// timeout naming the factory, a close waiting on it is answered, and the key is free for a
+    /// new creation. What the factory returns later is closed (`finish_creation`).
+    pub(super) fn expire_creation(&mut self, id: u64, key: ConnectionKey) {
+        let current = matches!(self.pool.get(&key), Some(Slot::Creating(c)) if c.id == id);
+        let creation = if current {
+            match self.take_slot(&key) {
+                Some(Slot::Creating(creation)) => creation,
+                _ => return,
+            }
+        } else {
+            match self.orphans.remove(&id) {
+                Some((_, creation)) => creation,
+                None => return,
+            }
+        };
+        let after = self.config.policy_for(&key.plugin_name).timeouts.open;
+        warn!(%key, ?after, "the connection factory did not return in time");
+        for waiter in creation.waiters {
+            let operation = waiter.operation();
+            waiter.answer(Err(Error::Timeout {
+                operation,
+                key: Some(key.clone()),
+                stage: Stage::Factory,
+                after,
+            }));
+        }
+        if let Some((closer, _)) = creation.closer {
+            let _ = closer.send(());
+        }
+    }
+
+    /// Closes a connection the factory made for nobody (its creation expired), counting it
+    /// as created and closed so the counters still balance.
+    fn close_unpooled(&mut self, key: ConnectionKey, mut connection: Box<dyn Connection>) {
+        let counters = self.counters_for(&key.plugin_name);
+        counters.count(Count::Created);
+        let bound = self.config.policy_for(&key.plugin_name).timeouts.close;
+        warn!(%key, "the factory returned after its creation expired; closing what it made");
+        tokio::spawn(async move {
+            let _ = guarded(bound, connection.close()).await;
+            counters.count(Count::Closed);
+        });
+    }
+
     pub(super) fn retry(&mut self, key: ConnectionKey, reply: RpcReplyPort<Result<(), Error>>) {
         match self.pool.get(&key) {
             Some(Slot::Ready(pooled)) => {
@@ -279,8 +347,20 @@ pub(super) fn spawn_factory_task(
     close_timeout: std::time::Duration,
 ) {
     tokio::spawn(async move {
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| factory(&key)))
-            .map_err(|payload| panic_message(payload.as_ref()));
+        // The factory is a synchronous closure that may block: it runs on tokio's blocking
+        // pool, never on a worker (on a current-thread runtime it would stall every actor).
+        let made = {
+            let key = key.clone();
+            tokio::task::spawn_blocking(move || {
+                std::panic::catch_unwind(AssertUnwindSafe(|| factory(&key)))
+                    .map_err(|payload| panic_message(payload.as_ref()))
+            })
+            .await
+        };
+        let result = match made {
+            Ok(result) => result,
+            Err(join_error) => Err(format!("the factory task ended: {join_error}")),
+        };
         let report = ReportKind::FactoryDone {
             creation,
             key,

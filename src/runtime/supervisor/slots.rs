@@ -6,10 +6,11 @@ use std::time::SystemTime;
 
 use ractor::RpcReplyPort;
 use tokio::sync::watch;
+use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::connection::{ConnectionKey, FailureKind, ResolvedConnectionParams};
-use crate::error::Error;
+use crate::error::{Error, Operation};
 use crate::events::CloseReason;
 use crate::runtime::messages::{ConnectionHandle, ConnectionMessage, GetOrCreateReply, RoutedOpen};
 use crate::shared::{Activity, Published};
@@ -31,6 +32,8 @@ pub(super) struct Creation {
     pub(super) reopen_with: Option<ResolvedConnectionParams>,
     /// A restart: the lineage's channel, so handles made before the crash see the successor.
     pub(super) published: Option<watch::Sender<Published>>,
+    /// The timer that ends the creation if the factory takes longer than the open timeout.
+    pub(super) expiry: AbortHandle,
 }
 
 /// A caller waiting for a connection: for its handle, or for it to be open.
@@ -40,6 +43,14 @@ pub(super) enum Waiter {
 }
 
 impl Waiter {
+    /// The call the waiter made, for its error.
+    pub(super) fn operation(&self) -> Operation {
+        match self {
+            Self::Handle(_) => Operation::GetOrCreate,
+            Self::Open(..) => Operation::OpenConnection,
+        }
+    }
+
     pub(super) fn answer(self, answer: GetOrCreateReply) {
         let (Self::Handle(reply) | Self::Open(_, reply)) = self;
         let _ = reply.send(answer);
