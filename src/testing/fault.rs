@@ -25,8 +25,13 @@ pub struct FaultLedger {
     pub open_attempts: AtomicUsize,
     /// Opens that succeeded.
     pub opened: AtomicUsize,
-    /// Instances closed.
+    /// Closes that completed: counted when `close` returns, so a test that sees the count
+    /// knows the close finished.
     pub closed: AtomicUsize,
+    /// Closes that started but never returned: the supervisor stopped waiting for them (its
+    /// close timeout) or their actor was killed. Every close is counted once, here or in
+    /// `closed`.
+    pub close_abandoned: AtomicUsize,
     /// `close` called on an already closed instance (a supervisor bug if ever non-zero).
     pub closed_twice: AtomicUsize,
     /// Instances dropped without `close` (a supervisor bug if ever non-zero, except for
@@ -279,6 +284,26 @@ impl<'a> InFlight<'a> {
     }
 }
 
+/// A close under way: counted as completed when it returns, or as abandoned if its future is
+/// dropped first (the supervisor's close timeout, a killed actor).
+struct PendingClose<'a>(Option<&'a FaultLedger>);
+
+impl PendingClose<'_> {
+    fn finished(mut self) {
+        if let Some(ledger) = self.0.take() {
+            ledger.closed.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for PendingClose<'_> {
+    fn drop(&mut self) {
+        if let Some(ledger) = self.0.take() {
+            ledger.close_abandoned.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
@@ -341,12 +366,12 @@ impl Connection for FaultConnection {
     }
 
     async fn close(&mut self) {
-        let ledger = &self.shared.ledger;
+        let ledger = self.shared.ledger.clone();
         if self.closed {
             ledger.closed_twice.fetch_add(1, Ordering::SeqCst);
         }
         self.closed = true;
-        ledger.closed.fetch_add(1, Ordering::SeqCst);
+        let pending = PendingClose(Some(&ledger));
         if let Some(session) = self.session.take() {
             // Like a real disconnect, closing ends commands still running on the session.
             end_session(&session, false, "closed");
@@ -362,6 +387,7 @@ impl Connection for FaultConnection {
         {
             std::future::pending::<()>().await;
         }
+        pending.finished();
     }
 
     async fn execute_command(&mut self, command: &str) -> Result<String, CommandError> {
