@@ -70,6 +70,8 @@ struct HostScript {
     hang_close: bool,
     panic_next_command: bool,
     panic_every_command: bool,
+    panic_next_health_check: bool,
+    panic_in_command_runner: bool,
     /// The session ends (reported to the supervisor) after this many more commands.
     lose_after_commands: Option<usize>,
     /// Live sessions, so the test can drop them from outside.
@@ -202,6 +204,19 @@ impl FaultPlugin {
     pub fn panic_on_every_command(&self, host: &str, panic: bool) {
         self.shared
             .with_host(host, |script| script.panic_every_command = panic);
+    }
+
+    /// The next health check on `host` panics.
+    pub fn panic_on_next_health_check(&self, host: &str) {
+        self.shared
+            .with_host(host, |script| script.panic_next_health_check = true);
+    }
+
+    /// Asking a connection of `host` for its [`CommandRunner`] (after each open) panics, until
+    /// set back to false.
+    pub fn panic_in_command_runner(&self, host: &str, panic: bool) {
+        self.shared
+            .with_host(host, |script| script.panic_in_command_runner = panic);
     }
 
     /// Connections of `host` opened from now on run commands through a [`CommandRunner`], at
@@ -390,15 +405,35 @@ impl Connection for FaultConnection {
         pending.finished();
     }
 
+    async fn health_check(&mut self) -> Result<(), String> {
+        let panic_now = self.shared.with_host(&self.host, |script| {
+            std::mem::take(&mut script.panic_next_health_check)
+        });
+        if panic_now {
+            self.shared.ledger.panics.fetch_add(1, Ordering::SeqCst);
+            panic!("scripted panic in a health check on {}", self.host);
+        }
+        if self.alive() {
+            Ok(())
+        } else {
+            Err("is_alive() returned false".to_owned())
+        }
+    }
+
     async fn execute_command(&mut self, command: &str) -> Result<String, CommandError> {
         let session = self.session.clone();
         run_command(&self.shared, &self.host, session, &self.commands, command).await
     }
 
     fn command_runner(&self) -> Option<(Arc<dyn CommandRunner>, usize)> {
-        let limit = self
-            .shared
-            .with_host(&self.host, |script| script.concurrent_commands)?;
+        let (limit, panic_now) = self.shared.with_host(&self.host, |script| {
+            (script.concurrent_commands, script.panic_in_command_runner)
+        });
+        if panic_now {
+            self.shared.ledger.panics.fetch_add(1, Ordering::SeqCst);
+            panic!("scripted panic in command_runner on {}", self.host);
+        }
+        let limit = limit?;
         let runner = FaultRunner {
             shared: self.shared.clone(),
             host: self.host.clone(),
