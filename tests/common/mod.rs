@@ -37,6 +37,9 @@ pub struct Behaviour {
     pub close_delay: Duration,
     /// Notified when an open starts (lets a test know an open is in progress without sleeping).
     pub open_started: Option<Arc<Notify>>,
+    /// Every open waits until this is notified (`notify_one`, once per open): an open that
+    /// lasts exactly as long as the test wants.
+    pub open_gate: Option<Arc<Notify>>,
     pub panic_in: Option<PanicIn>,
 }
 
@@ -122,6 +125,9 @@ impl Connection for MockConnection {
     async fn open(&mut self, _params: &ResolvedConnectionParams) -> Result<(), OpenError> {
         if let Some(started) = &self.behaviour.open_started {
             started.notify_one();
+        }
+        if let Some(gate) = &self.behaviour.open_gate {
+            gate.notified().await;
         }
         if !self.behaviour.open_delay.is_zero() {
             tokio::time::sleep(self.behaviour.open_delay).await;
