@@ -1,20 +1,31 @@
 //! Chaos: 100 keys, 1,000 concurrent callers and random faults of every kind for a few
-//! seconds. Afterwards: nothing hung, no call waited past its bound, the supervisor's counters
-//! agree with what the connections themselves saw, and shutdown leaves nothing running.
+//! seconds. Afterwards: nothing hung, no call waited past its bound, every error was one the
+//! injected faults explain, the supervisor's counters agree with what the connections
+//! themselves saw, and shutdown leaves nothing running.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use connection_supervisor::testing::{FaultLedger, FaultPlugin};
 use connection_supervisor::{
-    Backoff, ConnectionManager, ConnectionPolicy, Error, FailureKind, ResolvedConnectionParams,
-    RestartPolicy, SupervisorConfig, Timeouts,
+    Backoff, CommandError, ConnectionManager, ConnectionPolicy, Error, FailureKind, Operation,
+    ResolvedConnectionParams, RestartPolicy, SupervisorConfig, Timeouts,
 };
 
 const KEYS: usize = 100;
 const CALLERS: usize = 1000;
 const CHAOS_FOR: Duration = Duration::from_secs(6);
+
+/// The failure kinds the chaos makes opens fail with.
+const INJECTED_KINDS: [FailureKind; 5] = [
+    FailureKind::Refused,
+    FailureKind::Timeout,
+    FailureKind::Transport,
+    FailureKind::Auth,
+    FailureKind::HostKey,
+];
 
 /// A tiny deterministic generator (xorshift64*), so a failing run can be replayed.
 struct Rng(u64);
@@ -98,20 +109,13 @@ async fn chaos_keeps_every_promise() {
         let plugin = plugin.clone();
         tokio::spawn(async move {
             let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-            let kinds = [
-                FailureKind::Refused,
-                FailureKind::Timeout,
-                FailureKind::Transport,
-                FailureKind::Auth,
-                FailureKind::HostKey,
-            ];
             while Instant::now() < stop_at {
                 let target = host(rng.below(KEYS));
                 match rng.below(8) {
                     0 => plugin.fail_next_opens(
                         &target,
                         1 + rng.below(3),
-                        kinds[rng.below(kinds.len())],
+                        INJECTED_KINDS[rng.below(INJECTED_KINDS.len())],
                     ),
                     1 | 2 => {
                         plugin.drop_sessions(&target);
@@ -141,13 +145,19 @@ async fn chaos_keeps_every_promise() {
                     let target = host(rng.below(KEYS));
                     let key = plugin.key(&target);
                     let started = Instant::now();
-                    let result = match rng.below(20) {
-                        0 => manager.close_connection(&key).await.map(|_| ()),
-                        1 | 2 => manager.connection_status(&key).await.map(|_| ()),
-                        3..=6 => manager
-                            .open_connection(&key, &ResolvedConnectionParams::new(&target))
-                            .await
-                            .map(|_| ()),
+                    let (call, result) = match rng.below(20) {
+                        0 => ("close_connection", manager.close_connection(&key).await),
+                        1 | 2 => (
+                            "connection_status",
+                            manager.connection_status(&key).await.map(|_| ()),
+                        ),
+                        3..=6 => (
+                            "open_connection",
+                            manager
+                                .open_connection(&key, &ResolvedConnectionParams::new(&target))
+                                .await
+                                .map(|_| ()),
+                        ),
                         _ => match manager.get_or_create(key).await {
                             Ok(Some(handle)) => {
                                 if handle.status().state
@@ -158,13 +168,12 @@ async fn chaos_keeps_every_promise() {
                                         .await
                                         .ok();
                                 }
-                                handle
-                                    .execute_command(&format!("echo {caller}"))
-                                    .await
-                                    .map(|_| ())
+                                let output =
+                                    handle.execute_command(&format!("echo {caller}")).await;
+                                ("execute_command", output.map(|_| ()))
                             }
-                            Ok(None) => Ok(()),
-                            Err(error) => Err(error),
+                            Ok(None) => ("get_or_create", Ok(())),
+                            Err(error) => ("get_or_create", Err(error)),
                         },
                     };
                     let took = started.elapsed();
@@ -173,7 +182,7 @@ async fn chaos_keeps_every_promise() {
                         took <= worst_call + slack,
                         "a call took {took:?} (bound {worst_call:?}): {result:?}"
                     );
-                    outcomes.record(&result);
+                    outcomes.record(call, &result);
                 }
             })
         })
@@ -182,6 +191,7 @@ async fn chaos_keeps_every_promise() {
         caller.await.expect("no caller panicked or hung");
     }
     chaos.await.unwrap();
+    outcomes.assert_all_expected();
 
     // Faults off, then close everything: every instance made must now be closed exactly once,
     // and the counters must match what the instances themselves recorded.
@@ -221,12 +231,11 @@ async fn chaos_keeps_every_promise() {
         get(&ledger.open_attempts) - get(&ledger.opened),
         "failed opens"
     );
-    assert_eq!(counters.close_calls, get(&ledger.closed), "closes");
-    assert_eq!(
-        get(&ledger.closed),
-        get(&ledger.created),
-        "every instance closed"
-    );
+    // A close counts in the ledger when it returns, or as abandoned when a hanging one was
+    // given up on after the close timeout; the supervisor counts both.
+    let closes_ended = get(&ledger.closed) + get(&ledger.close_abandoned);
+    assert_eq!(counters.close_calls, closes_ended, "closes");
+    assert_eq!(closes_ended, get(&ledger.created), "every instance closed");
     assert_eq!(get(&ledger.closed_twice), 0, "closed twice");
     assert_eq!(get(&ledger.dropped_unclosed), 0, "dropped without close");
     // A panic is one crash, except that commands running concurrently on one instance may
@@ -247,7 +256,7 @@ async fn chaos_keeps_every_promise() {
     );
     assert!(counters.reconnects <= counters.losses + counters.restarts);
     assert!(
-        outcomes.ok.load(Ordering::Relaxed) > 1000,
+        outcomes.ok() > 1000,
         "the chaos left room for work: {outcomes:?}"
     );
     assert!(get(&ledger.panics) > 0 && counters.losses > 0 && counters.failed_open_calls > 0);
@@ -263,36 +272,105 @@ async fn chaos_keeps_every_promise() {
         baseline_tasks,
         "tasks left after shutdown"
     );
-    assert_eq!(get(&ledger.closed), get(&ledger.created));
+    assert_eq!(
+        get(&ledger.closed) + get(&ledger.close_abandoned),
+        get(&ledger.created)
+    );
 }
 
-/// How calls ended, by kind, to show the chaos really produced every kind of failure.
+/// How calls ended, by kind, to show the chaos really produced every kind of failure, and the
+/// errors nothing injected explains.
 #[derive(Default, Debug)]
 struct OutcomeCounts {
     ok: AtomicUsize,
-    open_failed: AtomicUsize,
-    unavailable: AtomicUsize,
-    command_failed: AtomicUsize,
-    panicked: AtomicUsize,
-    timed_out: AtomicUsize,
-    closed: AtomicUsize,
-    quarantined: AtomicUsize,
-    other: AtomicUsize,
+    /// Expected errors, by what they say.
+    errors: Mutex<BTreeMap<String, usize>>,
+    /// Errors the chaos cannot explain, each with how often it came.
+    unexpected: Mutex<BTreeMap<String, usize>>,
 }
 
 impl OutcomeCounts {
-    fn record(&self, result: &Result<(), Error>) {
-        let counter = match result {
-            Ok(()) => &self.ok,
-            Err(Error::Open { .. }) => &self.open_failed,
-            Err(Error::Unavailable { .. }) => &self.unavailable,
-            Err(Error::Command { .. }) => &self.command_failed,
-            Err(Error::PluginPanicked { .. }) => &self.panicked,
-            Err(Error::Timeout { .. }) => &self.timed_out,
-            Err(Error::Closed { .. }) => &self.closed,
-            Err(Error::Quarantined { .. }) => &self.quarantined,
-            Err(_) => &self.other,
+    fn record(&self, call: &str, result: &Result<(), Error>) {
+        let error = match result {
+            Ok(()) => {
+                self.ok.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Err(error) => error,
         };
-        counter.fetch_add(1, Ordering::Relaxed);
+        let (tally, label) = match expected(error) {
+            Some(label) => (&self.errors, format!("{call}: {label}")),
+            // A known bug, tallied apart until it is fixed (then delete this arm): an open
+            // routed to an actor that crashes before handling it answers `ShutDown`. See
+            // tests/claims.rs, an_open_queued_behind_a_crash_reaches_the_restarted_connection.
+            None if call == "open_connection" && matches!(error, Error::ShutDown) => (
+                &self.errors,
+                format!("{call}: ShutDown (known bug, issue 10)"),
+            ),
+            None => (&self.unexpected, format!("{call}: {error:?}")),
+        };
+        *tally
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(label)
+            .or_default() += 1;
     }
+
+    fn ok(&self) -> usize {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    fn assert_all_expected(&self) {
+        let unexpected = self
+            .unexpected
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        assert!(
+            unexpected.is_empty(),
+            "errors the injected faults do not explain: {unexpected:#?}"
+        );
+    }
+}
+
+/// What the chaos can make a call fail with, given what it injects, as a label for the tally;
+/// `None` for anything else. It injects open failures of [`INJECTED_KINDS`], opens slower
+/// than the open timeout, dropped and silently killed sessions, panicking commands, hanging
+/// closes and crashes often enough to quarantine, and it closes keys under other callers.
+fn expected(error: &Error) -> Option<String> {
+    let label = match error {
+        Error::Open { source, .. } if INJECTED_KINDS.contains(&source.kind()) => {
+            format!("open failed ({})", source.kind())
+        }
+        // Failed after an open failure, or gave up after permanent ones.
+        Error::Unavailable {
+            cause: Some(cause), ..
+        } if INJECTED_KINDS.contains(&cause.kind) => format!("unavailable ({})", cause.kind),
+        // Commands are `echo`, which fails only on a session that is gone.
+        Error::Command {
+            source: CommandError::ConnectionLost(_),
+            ..
+        } => "command: connection lost".to_owned(),
+        Error::PluginPanicked {
+            operation: Operation::ExecuteCommand,
+            message,
+            ..
+        } if message.contains("scripted panic") => "command panicked".to_owned(),
+        // Slow opens and hanging closes keep a connection's actor busy for up to the open or
+        // close timeout, and whatever is queued behind them can run out of time. The
+        // supervisor itself never waits for a plugin: its own calls do not time out.
+        Error::Timeout {
+            operation:
+                operation @ (Operation::Open
+                | Operation::OpenConnection
+                | Operation::ExecuteCommand
+                | Operation::CloseConnection
+                | Operation::Resolve),
+            stage,
+            ..
+        } => format!("timeout ({operation}, {stage:?})"),
+        Error::Closed { .. } => "closed".to_owned(),
+        Error::Quarantined { .. } => "quarantined".to_owned(),
+        _ => return None,
+    };
+    Some(label)
 }

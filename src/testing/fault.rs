@@ -25,8 +25,13 @@ pub struct FaultLedger {
     pub open_attempts: AtomicUsize,
     /// Opens that succeeded.
     pub opened: AtomicUsize,
-    /// Instances closed.
+    /// Closes that completed: counted when `close` returns, so a test that sees the count
+    /// knows the close finished.
     pub closed: AtomicUsize,
+    /// Closes that started but never returned: the supervisor stopped waiting for them (its
+    /// close timeout) or their actor was killed. Every close is counted once, here or in
+    /// `closed`.
+    pub close_abandoned: AtomicUsize,
     /// `close` called on an already closed instance (a supervisor bug if ever non-zero).
     pub closed_twice: AtomicUsize,
     /// Instances dropped without `close` (a supervisor bug if ever non-zero, except for
@@ -65,6 +70,8 @@ struct HostScript {
     hang_close: bool,
     panic_next_command: bool,
     panic_every_command: bool,
+    panic_next_health_check: bool,
+    panic_in_command_runner: bool,
     /// The session ends (reported to the supervisor) after this many more commands.
     lose_after_commands: Option<usize>,
     /// Live sessions, so the test can drop them from outside.
@@ -199,6 +206,19 @@ impl FaultPlugin {
             .with_host(host, |script| script.panic_every_command = panic);
     }
 
+    /// The next health check on `host` panics.
+    pub fn panic_on_next_health_check(&self, host: &str) {
+        self.shared
+            .with_host(host, |script| script.panic_next_health_check = true);
+    }
+
+    /// Asking a connection of `host` for its [`CommandRunner`] (after each open) panics, until
+    /// set back to false.
+    pub fn panic_in_command_runner(&self, host: &str, panic: bool) {
+        self.shared
+            .with_host(host, |script| script.panic_in_command_runner = panic);
+    }
+
     /// Connections of `host` opened from now on run commands through a [`CommandRunner`], at
     /// most `limit` at once, the way the SSH plugin runs channels; `None` (the default) runs
     /// them one at a time through the connection's `execute_command`.
@@ -279,6 +299,26 @@ impl<'a> InFlight<'a> {
     }
 }
 
+/// A close under way: counted as completed when it returns, or as abandoned if its future is
+/// dropped first (the supervisor's close timeout, a killed actor).
+struct PendingClose<'a>(Option<&'a FaultLedger>);
+
+impl PendingClose<'_> {
+    fn finished(mut self) {
+        if let Some(ledger) = self.0.take() {
+            ledger.closed.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for PendingClose<'_> {
+    fn drop(&mut self) {
+        if let Some(ledger) = self.0.take() {
+            ledger.close_abandoned.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
@@ -341,12 +381,12 @@ impl Connection for FaultConnection {
     }
 
     async fn close(&mut self) {
-        let ledger = &self.shared.ledger;
+        let ledger = self.shared.ledger.clone();
         if self.closed {
             ledger.closed_twice.fetch_add(1, Ordering::SeqCst);
         }
         self.closed = true;
-        ledger.closed.fetch_add(1, Ordering::SeqCst);
+        let pending = PendingClose(Some(&ledger));
         if let Some(session) = self.session.take() {
             // Like a real disconnect, closing ends commands still running on the session.
             end_session(&session, false, "closed");
@@ -362,6 +402,22 @@ impl Connection for FaultConnection {
         {
             std::future::pending::<()>().await;
         }
+        pending.finished();
+    }
+
+    async fn health_check(&mut self) -> Result<(), String> {
+        let panic_now = self.shared.with_host(&self.host, |script| {
+            std::mem::take(&mut script.panic_next_health_check)
+        });
+        if panic_now {
+            self.shared.ledger.panics.fetch_add(1, Ordering::SeqCst);
+            panic!("scripted panic in a health check on {}", self.host);
+        }
+        if self.alive() {
+            Ok(())
+        } else {
+            Err("is_alive() returned false".to_owned())
+        }
     }
 
     async fn execute_command(&mut self, command: &str) -> Result<String, CommandError> {
@@ -370,9 +426,14 @@ impl Connection for FaultConnection {
     }
 
     fn command_runner(&self) -> Option<(Arc<dyn CommandRunner>, usize)> {
-        let limit = self
-            .shared
-            .with_host(&self.host, |script| script.concurrent_commands)?;
+        let (limit, panic_now) = self.shared.with_host(&self.host, |script| {
+            (script.concurrent_commands, script.panic_in_command_runner)
+        });
+        if panic_now {
+            self.shared.ledger.panics.fetch_add(1, Ordering::SeqCst);
+            panic!("scripted panic in command_runner on {}", self.host);
+        }
+        let limit = limit?;
         let runner = FaultRunner {
             shared: self.shared.clone(),
             host: self.host.clone(),

@@ -37,6 +37,9 @@ pub struct Behaviour {
     pub close_delay: Duration,
     /// Notified when an open starts (lets a test know an open is in progress without sleeping).
     pub open_started: Option<Arc<Notify>>,
+    /// Every open waits until this is notified (`notify_one`, once per open): an open that
+    /// lasts exactly as long as the test wants.
+    pub open_gate: Option<Arc<Notify>>,
     pub panic_in: Option<PanicIn>,
 }
 
@@ -46,7 +49,11 @@ pub struct Ledger {
     pub factory_calls: AtomicUsize,
     pub created: AtomicUsize,
     pub opened: AtomicUsize,
+    /// Closes that completed: counted when `close` returns, so a test that sees the count knows
+    /// the close finished.
     pub closed: AtomicUsize,
+    /// Closes that started but never returned (the supervisor's close timeout dropped them).
+    pub close_abandoned: AtomicUsize,
     /// close() called on an already closed instance: must stay 0.
     pub closed_twice: AtomicUsize,
     /// Instances dropped without close(): must stay 0.
@@ -58,13 +65,18 @@ impl Ledger {
         counter.load(Ordering::SeqCst)
     }
 
-    /// Every instance made was closed once and only once.
+    /// Every instance made was closed once and only once, and every close completed.
     pub fn assert_all_closed_once(&self) {
         let created = Self::get(&self.created);
         assert_eq!(
             Self::get(&self.closed),
             created,
             "closed != created: {self:?}"
+        );
+        assert_eq!(
+            Self::get(&self.close_abandoned),
+            0,
+            "close abandoned: {self:?}"
         );
         assert_eq!(Self::get(&self.closed_twice), 0, "double close: {self:?}");
         assert_eq!(
@@ -114,6 +126,9 @@ impl Connection for MockConnection {
         if let Some(started) = &self.behaviour.open_started {
             started.notify_one();
         }
+        if let Some(gate) = &self.behaviour.open_gate {
+            gate.notified().await;
+        }
         if !self.behaviour.open_delay.is_zero() {
             tokio::time::sleep(self.behaviour.open_delay).await;
         }
@@ -132,10 +147,12 @@ impl Connection for MockConnection {
         }
         self.closed = true;
         self.alive = false;
-        self.ledger.closed.fetch_add(1, Ordering::SeqCst);
+        let pending = PendingClose(Some(&self.ledger));
         if !self.behaviour.close_delay.is_zero() {
             tokio::time::sleep(self.behaviour.close_delay).await;
         }
+        pending.finished();
+        // The scripted panic comes as close returns, after its work is done and counted.
         self.maybe_panic(PanicIn::Close);
     }
 
@@ -146,6 +163,26 @@ impl Connection for MockConnection {
         }
         self.commands_run += 1;
         Ok(format!("ran {command}"))
+    }
+}
+
+/// A close under way: counted as completed when it returns, or as abandoned if its future is
+/// dropped first (the supervisor's close timeout).
+struct PendingClose<'a>(Option<&'a Ledger>);
+
+impl PendingClose<'_> {
+    fn finished(mut self) {
+        if let Some(ledger) = self.0.take() {
+            ledger.closed.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for PendingClose<'_> {
+    fn drop(&mut self) {
+        if let Some(ledger) = self.0.take() {
+            ledger.close_abandoned.fetch_add(1, Ordering::SeqCst);
+        }
     }
 }
 

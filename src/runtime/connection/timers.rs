@@ -17,6 +17,9 @@ use crate::status::ConnectionState;
 use super::ConnectionActorState;
 use super::resources::Timers;
 
+/// How soon an expired connection that was busy is looked at again.
+const BUSY_RECHECK: Duration = Duration::from_secs(1);
+
 impl ConnectionActorState {
     pub(super) async fn on_tick(&mut self, tick: TickKind) -> Result<(), ActorProcessingErr> {
         match tick {
@@ -69,11 +72,22 @@ impl ConnectionActorState {
             }
             TickKind::LifetimeExpired => {
                 self.timers.lifetime = None;
-                self.report(ReportKind::Expired {
-                    key: self.key.clone(),
-                    actor: self.id,
-                    reason: CloseReason::Lifetime,
-                });
+                if self.activity.is_busy() || !self.parked.is_empty() {
+                    // Old age never cuts a running command off (its close would end the
+                    // session under it): expire once the connection is free. Nothing tells
+                    // the actor when a command on the runner ends, so look again shortly.
+                    let again = self
+                        .policy
+                        .max_lifetime
+                        .map_or(BUSY_RECHECK, |lifetime| lifetime.min(BUSY_RECHECK));
+                    self.timers.lifetime = Some(self.tick_after(again, TickKind::LifetimeExpired));
+                } else {
+                    self.report(ReportKind::Expired {
+                        key: self.key.clone(),
+                        actor: self.id,
+                        reason: CloseReason::Lifetime,
+                    });
+                }
             }
             TickKind::CommandPanicked { error } => {
                 warn!(%error, "plugin panicked in a concurrent command");
