@@ -300,13 +300,6 @@ impl OutcomeCounts {
         };
         let (tally, label) = match expected(error) {
             Some(label) => (&self.errors, format!("{call}: {label}")),
-            // A known bug, tallied apart until it is fixed (then delete this arm): an open
-            // routed to an actor that crashes before handling it answers `ShutDown`. See
-            // tests/claims.rs, an_open_queued_behind_a_crash_reaches_the_restarted_connection.
-            None if call == "open_connection" && matches!(error, Error::ShutDown) => (
-                &self.errors,
-                format!("{call}: ShutDown (known bug, issue 10)"),
-            ),
             None => (&self.unexpected, format!("{call}: {error:?}")),
         };
         *tally

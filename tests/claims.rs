@@ -645,9 +645,6 @@ async fn at_a_plugin_limit_with_every_connection_busy_a_new_key_is_refused() {
 /// restarted connection, or at worst fail as `Closed`; never as `ShutDown` while the
 /// supervisor runs.
 #[tokio::test(start_paused = true)]
-#[ignore = "issue 10: open_connection fails with Error::ShutDown when the connection's actor \
-            crashes with the routed open still in its mailbox (the dropped reply port becomes \
-            CallResult::SenderError, which ask_supervisor maps to ShutDown)"]
 async fn an_open_queued_behind_a_crash_reaches_the_restarted_connection() {
     let plugin = FaultPlugin::new("fault");
     let (manager, mut events) = start(&plugin, SupervisorConfig::default().policy(policy())).await;
