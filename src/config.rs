@@ -7,13 +7,23 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Semaphore;
+
 use crate::connection::ConnectionFactory;
 use crate::error::Error;
+
+/// The largest [`SupervisorConfig::event_capacity`]: 2^20 events, about 140 MB allocated up front.
+const MAX_EVENT_CAPACITY: usize = 1 << 20;
 
 /// How long each kind of wait may last. Every wait in the crate is bounded by one of these.
 ///
 /// Build it from the defaults with the setters, so that new timeouts can be added without
 /// breaking your code: `Timeouts::default().open(Duration::from_secs(5))`.
+///
+/// Each timeout must be greater than zero ([`SupervisorConfig::validate`] refuses zero) and has
+/// no upper limit: a deadline too far out for the clock, up to `Duration::MAX`, saturates about
+/// 30 years ahead, so `Duration::MAX` means "no bound" in practice, and sums of timeouts (a
+/// call's bound is often open + request) saturate too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Timeouts {
@@ -38,19 +48,20 @@ impl Default for Timeouts {
 }
 
 impl Timeouts {
-    /// Sets the bound on a plugin's `open` (default 30 s).
+    /// Sets the bound on a plugin's `open` (default 30 s). Greater than zero; no upper limit.
     pub fn open(mut self, timeout: Duration) -> Self {
         self.open = timeout;
         self
     }
 
     /// Sets the bound on commands, `with` closures, health checks and answers (default 30 s).
+    /// Greater than zero; no upper limit.
     pub fn request(mut self, timeout: Duration) -> Self {
         self.request = timeout;
         self
     }
 
-    /// Sets the bound on a plugin's `close` (default 10 s).
+    /// Sets the bound on a plugin's `close` (default 10 s). Greater than zero; no upper limit.
     pub fn close(mut self, timeout: Duration) -> Self {
         self.close = timeout;
         self
@@ -59,7 +70,7 @@ impl Timeouts {
     /// The longest a connection actor can be busy with one plugin call before it gets to a
     /// close queued behind it, plus the close itself: the bound on waiting for a close.
     pub(crate) fn close_wait(&self) -> Duration {
-        self.open.max(self.request) + self.close
+        self.open.max(self.request).saturating_add(self.close)
     }
 }
 
@@ -68,6 +79,8 @@ impl Timeouts {
 /// `±jitter` so that hosts dropped together do not come back in lockstep.
 ///
 /// Build it from the defaults with the setters: `Backoff::default().initial(ms(100))`.
+/// [`SupervisorConfig::validate`] refuses values outside the ranges each setter gives; the
+/// waits themselves never overflow, whatever the values.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
 pub struct Backoff {
@@ -93,35 +106,38 @@ impl Default for Backoff {
 }
 
 impl Backoff {
-    /// Sets the wait before the first reconnect attempt (default 500 ms).
+    /// Sets the wait before the first reconnect attempt (default 500 ms). Greater than zero and
+    /// at most [`max`](Self::max).
     pub fn initial(mut self, wait: Duration) -> Self {
         self.initial = wait;
         self
     }
 
-    /// Sets the upper bound on any wait (default 30 s).
+    /// Sets the upper bound on any wait (default 30 s). At least [`initial`](Self::initial); no
+    /// upper limit.
     pub fn max(mut self, wait: Duration) -> Self {
         self.max = wait;
         self
     }
 
-    /// Sets the growth per attempt (default 2.0; at least 1).
+    /// Sets the growth per attempt (default 2.0). Finite and at least 1.0; a wait that grows
+    /// past [`max`](Self::max) is `max`.
     pub fn multiplier(mut self, multiplier: f64) -> Self {
         self.multiplier = multiplier;
         self
     }
 
-    /// Sets the relative spread, from 0.0 to 1.0 (default 0.2).
+    /// Sets the relative spread (default 0.2). Within 0.0..=1.0.
     pub fn jitter(mut self, jitter: f64) -> Self {
         self.jitter = jitter;
         self
     }
 
-    /// The wait before attempt `attempt` (1-based) without jitter.
+    /// The wait before attempt `attempt` (1-based) without jitter: at most `max`, and never a
+    /// panic, whatever the values (a wait too long for a `Duration` is `max`).
     pub fn base_delay(&self, attempt: u32) -> Duration {
         let exponent = attempt.saturating_sub(1).min(64) as i32;
-        let secs = self.initial.as_secs_f64() * self.multiplier.powi(exponent);
-        Duration::from_secs_f64(secs.min(self.max.as_secs_f64()))
+        self.capped(self.initial.as_secs_f64() * self.multiplier.powi(exponent))
     }
 
     /// The wait before attempt `attempt`, spread by `unit` (a number in `[0, 1)`) within the
@@ -129,25 +145,35 @@ impl Backoff {
     pub(crate) fn delay(&self, attempt: u32, unit: f64) -> Duration {
         let base = self.base_delay(attempt).as_secs_f64();
         let spread = 1.0 + self.jitter * (2.0 * unit - 1.0);
-        Duration::from_secs_f64((base * spread).min(self.max.as_secs_f64()))
+        self.capped(base * spread)
+    }
+
+    /// `secs` as a wait of at most `max`. Float seconds near `Duration::MAX` round up past it,
+    /// and an unchecked multiplier can make them infinite or NaN: all of those wait `max`
+    /// rather than panic (or, for NaN, rather than not wait at all); a negative wait is none.
+    fn capped(&self, secs: f64) -> Duration {
+        if secs.is_nan() {
+            return self.max;
+        }
+        Duration::try_from_secs_f64(secs.max(0.0)).map_or(self.max, |wait| wait.min(self.max))
     }
 
     fn validate(&self, scope: &str) -> Result<(), Error> {
         if self.initial.is_zero() || self.max < self.initial {
             return Err(invalid(format!(
-                "{scope}: the backoff needs 0 < initial <= max (got {:?} and {:?})",
+                "{scope}: the backoff needs 0 < initial <= max (got initial {:?} and max {:?})",
                 self.initial, self.max
             )));
         }
         if !(self.multiplier >= 1.0 && self.multiplier.is_finite()) {
             return Err(invalid(format!(
-                "{scope}: the backoff multiplier must be at least 1 (got {})",
+                "{scope}: the backoff multiplier must be finite and at least 1 (got {:?})",
                 self.multiplier
             )));
         }
         if !(0.0..=1.0).contains(&self.jitter) {
             return Err(invalid(format!(
-                "{scope}: the backoff jitter must be within 0..=1 (got {})",
+                "{scope}: the backoff jitter must be within 0..=1 (got {:?})",
                 self.jitter
             )));
         }
@@ -220,32 +246,36 @@ impl ConnectionPolicy {
     }
 
     /// Sets how many reconnect attempts may fail with a permanent kind before giving up
-    /// (default 2).
+    /// (default 2). At least 1, up to `u32::MAX`.
     pub fn permanent_failure_attempts(mut self, attempts: u32) -> Self {
         self.permanent_failure_attempts = attempts;
         self
     }
 
     /// Sets the number of failed reconnect attempts of any kind after which to give up;
-    /// `None` (the default) keeps trying.
+    /// `None` (the default) keeps trying. Any number: `Some(0)` gives up after the first failed
+    /// attempt, as `Some(1)` does.
     pub fn max_reconnect_attempts(mut self, attempts: impl Into<Option<u32>>) -> Self {
         self.max_reconnect_attempts = attempts.into();
         self
     }
 
     /// Sets how often the plugin's health check runs while open; `None` (the default) never.
+    /// Greater than zero; no upper limit.
     pub fn health_check_interval(mut self, interval: impl Into<Option<Duration>>) -> Self {
         self.health_check_interval = interval.into();
         self
     }
 
-    /// Sets how long an unused connection is kept; `None` (the default) for ever.
+    /// Sets how long an unused connection is kept; `None` (the default) for ever. Greater than
+    /// zero; no upper limit.
     pub fn idle_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.idle_timeout = timeout.into();
         self
     }
 
     /// Sets how long after its creation a connection is closed; `None` (the default) never.
+    /// Greater than zero; no upper limit.
     pub fn max_lifetime(mut self, lifetime: impl Into<Option<Duration>>) -> Self {
         self.max_lifetime = lifetime.into();
         self
@@ -301,19 +331,22 @@ impl Default for RestartPolicy {
 }
 
 impl RestartPolicy {
-    /// Sets the restarts allowed within the window (default 3).
+    /// Sets the restarts allowed within the window (default 3). Any number: 0 quarantines a key
+    /// at its first crash.
     pub fn max_restarts(mut self, restarts: u32) -> Self {
         self.max_restarts = restarts;
         self
     }
 
-    /// Sets the sliding window (default 5 s).
+    /// Sets the sliding window (default 5 s). Greater than zero; no upper limit.
     pub fn window(mut self, window: Duration) -> Self {
         self.window = window;
         self
     }
 
-    /// Sets how long a key that crashed too often refuses requests (default 30 s).
+    /// Sets how long a key that crashed too often refuses requests (default 30 s). Greater than
+    /// zero; no upper limit (`Duration::MAX` keeps the key quarantined until it is retried or
+    /// closed).
     pub fn quarantine(mut self, quarantine: Duration) -> Self {
         self.quarantine = quarantine;
         self
@@ -397,19 +430,20 @@ impl SupervisorConfig {
         self
     }
 
-    /// Sets the default policy's open timeout (default 30 s).
+    /// Sets the default policy's open timeout (default 30 s); range as [`Timeouts::open`].
     pub fn open_timeout(mut self, timeout: Duration) -> Self {
         self.default_policy.timeouts.open = timeout;
         self
     }
 
-    /// Sets the default policy's request timeout (default 30 s).
+    /// Sets the default policy's request timeout (default 30 s); range as
+    /// [`Timeouts::request`].
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.default_policy.timeouts.request = timeout;
         self
     }
 
-    /// Sets the default policy's close timeout (default 10 s).
+    /// Sets the default policy's close timeout (default 10 s); range as [`Timeouts::close`].
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
         self.default_policy.timeouts.close = timeout;
         self
@@ -418,19 +452,21 @@ impl SupervisorConfig {
     /// How many opens (first opens and reconnects) may run at once across the whole
     /// supervisor. Defaults to 32: reconnecting a thousand hosts after an outage is then a
     /// steady stream, not a thundering herd. Waiting for a slot counts against the open
-    /// timeout.
+    /// timeout. From 1 to tokio's semaphore limit,
+    /// [`Semaphore::MAX_PERMITS`](tokio::sync::Semaphore::MAX_PERMITS) (`usize::MAX >> 3`).
     pub fn max_concurrent_opens(mut self, opens: usize) -> Self {
         self.max_concurrent_opens = opens;
         self
     }
 
-    /// Caps the number of pooled connections. Defaults to no cap.
+    /// Caps the number of pooled connections. Defaults to no cap. At least 1; no upper limit.
     pub fn max_connections(mut self, connections: usize) -> Self {
         self.max_connections = Some(connections);
         self
     }
 
-    /// Caps the number of pooled connections of one plugin. Defaults to no cap.
+    /// Caps the number of pooled connections of one plugin. Defaults to no cap. At least 1; no
+    /// upper limit.
     pub fn max_connections_for(
         mut self,
         plugin_name: impl Into<String>,
@@ -454,7 +490,8 @@ impl SupervisorConfig {
     }
 
     /// How many lifecycle events a slow subscriber may fall behind before it misses some
-    /// (it is told how many). Defaults to 4096.
+    /// (it is told how many). Defaults to 4096. From 1 to 1,048,576 (2^20): tokio allocates the
+    /// buffer up front, rounded up to a power of two, at about 140 bytes an event.
     pub fn event_capacity(mut self, capacity: usize) -> Self {
         self.event_capacity = capacity;
         self
@@ -476,18 +513,47 @@ impl SupervisorConfig {
         if self.max_concurrent_opens == 0 {
             return Err(invalid("max_concurrent_opens must be at least 1".into()));
         }
-        if self.max_connections == Some(0)
-            || self.max_connections_per_plugin.values().any(|&n| n == 0)
-        {
-            return Err(invalid("a connection limit must be at least 1".into()));
+        // The open slots are a tokio semaphore, which panics above its limit.
+        if self.max_concurrent_opens > Semaphore::MAX_PERMITS {
+            return Err(invalid(format!(
+                "max_concurrent_opens must be at most {} (tokio's semaphore limit; got {})",
+                Semaphore::MAX_PERMITS,
+                self.max_concurrent_opens
+            )));
         }
-        if self.restart.window.is_zero() || self.restart.quarantine.is_zero() {
-            return Err(invalid(
-                "the restart window and quarantine must be greater than zero".into(),
-            ));
+        if self.max_connections == Some(0) {
+            return Err(invalid("max_connections must be at least 1".into()));
+        }
+        if let Some((plugin, _)) = self
+            .max_connections_per_plugin
+            .iter()
+            .find(|(_, n)| **n == 0)
+        {
+            return Err(invalid(format!(
+                "max_connections_for({plugin:?}) must be at least 1"
+            )));
+        }
+        for (name, value) in [
+            ("window", self.restart.window),
+            ("quarantine", self.restart.quarantine),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(format!(
+                    "restart policy: the {name} must be greater than zero"
+                )));
+            }
         }
         if self.event_capacity == 0 {
             return Err(invalid("event_capacity must be at least 1".into()));
+        }
+        // tokio's broadcast channel allocates every slot up front (and refuses more than
+        // usize::MAX / 2): a capacity far beyond any real backlog would abort on allocation.
+        if self.event_capacity > MAX_EVENT_CAPACITY {
+            return Err(invalid(format!(
+                "event_capacity must be at most {MAX_EVENT_CAPACITY} (its buffer is allocated \
+                 up front; got {})",
+                self.event_capacity
+            )));
         }
         Ok(())
     }
@@ -533,6 +599,56 @@ mod tests {
         assert_eq!(backoff.delay(1, 0.0), Duration::from_millis(50));
         assert_eq!(backoff.delay(1, 0.5), Duration::from_millis(100));
         assert!(backoff.delay(6, 0.99) <= backoff.max);
+    }
+
+    #[test]
+    fn backoff_never_panics_and_stays_within_max() {
+        let huge = Backoff::default().initial(Duration::MAX).max(Duration::MAX);
+        assert_eq!(huge.base_delay(1), Duration::MAX);
+        assert_eq!(huge.delay(u32::MAX, 0.99), Duration::MAX);
+        let steep = Backoff::default().multiplier(f64::MAX).max(Duration::MAX);
+        assert_eq!(steep.base_delay(3), Duration::MAX);
+        // Values validate() refuses still give a wait, not a panic.
+        for multiplier in [f64::NAN, f64::INFINITY, -2.0, 0.0] {
+            let odd = Backoff::default().multiplier(multiplier);
+            for attempt in [1, 2, 3, u32::MAX] {
+                assert!(odd.base_delay(attempt) <= odd.max);
+                assert!(odd.delay(attempt, 0.5) <= odd.max);
+            }
+        }
+        let nan = Backoff::default().multiplier(f64::NAN);
+        assert_eq!(
+            nan.base_delay(2),
+            nan.max,
+            "NaN waits the longest, not zero"
+        );
+        let wild = Backoff::default().jitter(f64::INFINITY);
+        assert!(wild.delay(1, 0.0) <= wild.max && wild.delay(1, 0.9) <= wild.max);
+    }
+
+    #[test]
+    fn limits_beyond_tokios_are_refused_by_name() {
+        for (config, name) in [
+            (
+                SupervisorConfig::default().max_concurrent_opens(usize::MAX),
+                "max_concurrent_opens",
+            ),
+            (
+                SupervisorConfig::default().event_capacity(MAX_EVENT_CAPACITY + 1),
+                "event_capacity",
+            ),
+            (
+                SupervisorConfig::default().max_connections(0),
+                "max_connections",
+            ),
+        ] {
+            let error = config.validate().unwrap_err().to_string();
+            assert!(error.contains(name), "{error}");
+        }
+        let fine = SupervisorConfig::default()
+            .max_concurrent_opens(Semaphore::MAX_PERMITS)
+            .event_capacity(MAX_EVENT_CAPACITY);
+        assert!(fine.validate().is_ok());
     }
 
     #[test]

@@ -103,7 +103,7 @@ impl ConnectionHandle {
                 timeout: Some(timeout),
                 reply,
             },
-            timeout + self.timeouts.request,
+            timeout.saturating_add(self.timeouts.request),
             Operation::Open,
         )
         .await?
@@ -150,7 +150,7 @@ impl ConnectionHandle {
                 timeout: Some(timeout),
                 reply,
             },
-            timeout + self.timeouts.request,
+            timeout.saturating_add(self.timeouts.request),
             Operation::ExecuteCommand,
         )
         .await?
@@ -187,7 +187,7 @@ impl ConnectionHandle {
                 timeout: Some(timeout),
                 reply,
             },
-            timeout + self.timeouts.request,
+            timeout.saturating_add(self.timeouts.request),
             Operation::RunCommand,
         )
         .await?
@@ -215,7 +215,7 @@ impl ConnectionHandle {
             job: WithJob::new(f, result_tx),
             reply: reply_tx.into(),
         };
-        let bound = self.timeouts.request * 2;
+        let bound = self.timeouts.request.saturating_mul(2);
         // The closure can be sent only once; a refused message comes back and goes to the
         // restarted actor, but one dropped unanswered by a crashing actor cannot be re-sent.
         let delivery = match deliver(&self.actor, message, reply_rx, bound).await {
@@ -294,7 +294,7 @@ impl ConnectionHandle {
                 lineage,
                 reply,
             },
-            self.timeouts.open + self.timeouts.request,
+            self.timeouts.open.saturating_add(self.timeouts.request),
             Operation::Resolve,
         )
         .await;

@@ -179,7 +179,11 @@ impl ConnectionManager {
         // The supervisor finds (or creates) the connection and hands the request to its actor,
         // which answers: three messages, and the supervisor never waits for the open. The
         // bound covers a creation, the open and the answer.
-        let bound = self.timeouts.request * 2 + self.timeouts.open;
+        let bound = self
+            .timeouts
+            .request
+            .saturating_mul(2)
+            .saturating_add(self.timeouts.open);
         // One retry: a close that raced with the request removed the instance it reached; the
         // caller asked for an open connection, so ask for the new one.
         for attempt in 0..2 {
@@ -246,7 +250,10 @@ impl ConnectionManager {
         ask_supervisor(
             &self.supervisor,
             |reply| SupervisorMessage::CloseAll { reply },
-            self.timeouts.close_wait() * 2 + self.timeouts.request,
+            self.timeouts
+                .close_wait()
+                .saturating_mul(2)
+                .saturating_add(self.timeouts.request),
             Operation::CloseAllConnections,
         )
         .await?
@@ -262,7 +269,7 @@ impl ConnectionManager {
         ask_supervisor(
             &self.supervisor,
             |reply| SupervisorMessage::Retry { key, reply },
-            self.timeouts.open + self.timeouts.request,
+            self.timeouts.open.saturating_add(self.timeouts.request),
             Operation::Retry,
         )
         .await?
@@ -367,7 +374,11 @@ impl ConnectionManager {
     /// Once the supervisor has the message, the shutdown runs to its end even if this future is
     /// dropped.
     pub async fn shutdown(&self) -> Result<(), Error> {
-        let bound = self.timeouts.close_wait() * 4 + self.timeouts.request;
+        let bound = self
+            .timeouts
+            .close_wait()
+            .saturating_mul(4)
+            .saturating_add(self.timeouts.request);
         match ask_supervisor(
             &self.supervisor,
             |reply| SupervisorMessage::Shutdown { reply },

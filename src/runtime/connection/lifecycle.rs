@@ -5,13 +5,12 @@
 use std::time::Duration;
 
 use ractor::{ActorProcessingErr, RpcReplyPort};
-use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::connection::{FailureKind, LossNotifier, ResolvedConnectionParams};
 use crate::error::{Error, Operation, Stage};
 use crate::events::{CloseReason, EventKind};
-use crate::guard::{Outcome, guarded, sync_guarded};
+use crate::guard::{Outcome, deadline_after, guarded, sync_guarded};
 use crate::runtime::internal::{Report, ReportKind, Tick, TickKind};
 use crate::runtime::messages::{ConnectionMessage, SupervisorMessage};
 use crate::shared::{Count, DirectRoute, RouteNotice};
@@ -70,7 +69,7 @@ impl ConnectionActorState {
         if self.reconnecting() {
             // Someone else's reconnect is already under way: wait for it rather than adding an
             // attempt (no retry storms from many callers).
-            let deadline = Instant::now() + self.policy.timeouts.open;
+            let deadline = deadline_after(self.policy.timeouts.open);
             self.park(deadline, Request::Open { reply });
             return Ok(());
         }

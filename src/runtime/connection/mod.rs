@@ -33,6 +33,7 @@ use crate::config::ConnectionPolicy;
 use crate::connection::{Connection, ConnectionKey, ResolvedConnectionParams};
 use crate::error::Error;
 use crate::events::{CloseReason, EventBus};
+use crate::guard::deadline_after;
 use crate::runtime::internal::{Tick, TickKind};
 use crate::runtime::messages::{ConnectionMessage, RoutedOpen, SupervisorMessage};
 use crate::shared::{Activity, PluginCounters, Published};
@@ -222,7 +223,7 @@ impl ConnectionActorState {
                 timeout,
                 reply,
             } => {
-                let deadline = Instant::now() + timeout.unwrap_or(self.policy.timeouts.request);
+                let deadline = deadline_after(timeout.unwrap_or(self.policy.timeouts.request));
                 let request = Request::Command {
                     command,
                     timeout,
@@ -235,7 +236,7 @@ impl ConnectionActorState {
                 timeout,
                 reply,
             } => {
-                let deadline = Instant::now() + timeout.unwrap_or(self.policy.timeouts.request);
+                let deadline = deadline_after(timeout.unwrap_or(self.policy.timeouts.request));
                 let request = Request::Command {
                     command,
                     timeout,
@@ -244,7 +245,7 @@ impl ConnectionActorState {
                 self.run_or_park(deadline, request).await
             }
             ConnectionMessage::With { job, reply } => {
-                let deadline = Instant::now() + self.policy.timeouts.request;
+                let deadline = deadline_after(self.policy.timeouts.request);
                 self.run_or_park(deadline, Request::With { job, reply })
                     .await
             }

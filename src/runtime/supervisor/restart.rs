@@ -1,13 +1,12 @@
 //! Crashes: a pooled connection actor that failed is restarted with a fresh instance (reopened if
 //! it was open) within the restart intensity, or its key is quarantined.
 
-use std::time::SystemTime;
-
 use ractor::ActorId;
 use tokio::time::Instant;
 use tracing::{error, warn};
 
 use crate::events::EventKind;
+use crate::guard::{deadline_after, wall_deadline_after};
 use crate::shared::Count;
 
 use super::SupervisorState;
@@ -56,8 +55,8 @@ impl SupervisorState {
             self.insert_slot(
                 key,
                 Slot::Quarantined(Quarantine {
-                    until: now + policy.quarantine,
-                    until_wall: SystemTime::now() + policy.quarantine,
+                    until: deadline_after(policy.quarantine),
+                    until_wall: wall_deadline_after(policy.quarantine),
                     reason,
                     lineage,
                 }),
