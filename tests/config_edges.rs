@@ -490,6 +490,45 @@ async fn supervisor_settings_at_their_extremes_are_refused_by_name_or_work() {
     judge(results);
 }
 
+#[test]
+fn backoff_waits_never_panic_and_never_exceed_max() {
+    let huge = Backoff::default().initial(Duration::MAX).max(Duration::MAX);
+    assert_eq!(huge.base_delay(1), Duration::MAX);
+    assert_eq!(huge.base_delay(u32::MAX), Duration::MAX);
+    let steep = Backoff::default().multiplier(f64::MAX).max(Duration::MAX);
+    assert_eq!(steep.base_delay(3), Duration::MAX);
+    // Values validate() refuses still give a wait, not a panic: base_delay is public.
+    for multiplier in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -2.0, 0.0] {
+        let odd = Backoff::default().multiplier(multiplier);
+        for attempt in [0, 1, 2, 3, u32::MAX] {
+            assert!(
+                odd.base_delay(attempt) <= odd.max,
+                "{odd:?} attempt {attempt}"
+            );
+        }
+    }
+    let nan = Backoff::default().multiplier(f64::NAN);
+    assert_eq!(
+        nan.base_delay(2),
+        nan.max,
+        "NaN waits the longest, not zero"
+    );
+}
+
+#[test]
+fn the_largest_accepted_limits_validate_and_one_more_is_refused_by_name() {
+    let largest = SupervisorConfig::default()
+        .max_concurrent_opens(tokio::sync::Semaphore::MAX_PERMITS)
+        .event_capacity(1 << 20);
+    assert!(largest.validate().is_ok());
+    let error = SupervisorConfig::default()
+        .event_capacity((1 << 20) + 1)
+        .validate()
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("event_capacity"), "{error}");
+}
+
 /// A per-call bound: the call's name, and the call made with `bound` on an open connection
 /// (`handle`) whose supervisor is `guard`. Ok when it worked; for a zero bound a timeout is
 /// working too.
