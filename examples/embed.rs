@@ -44,6 +44,11 @@ enum OperatorMessage {
     },
 }
 
+// ractor's `cluster` feature drops its blanket `Message` impl; this crate's `cluster` feature
+// (which turns it on) is how a build says so.
+#[cfg(feature = "cluster")]
+impl ractor::Message for OperatorMessage {}
+
 #[derive(Default)]
 struct Counts {
     reconnects: u64,

@@ -7,13 +7,21 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Semaphore;
+
 use crate::connection::ConnectionFactory;
 use crate::error::Error;
+
+/// The largest [`SupervisorConfig::event_capacity`]: 2^20 events, about 140 MB allocated up front.
+const MAX_EVENT_CAPACITY: usize = 1 << 20;
 
 /// How long each kind of wait may last. Every wait in the crate is bounded by one of these.
 ///
 /// Build it from the defaults with the setters, so that new timeouts can be added without
 /// breaking your code: `Timeouts::default().open(Duration::from_secs(5))`.
+///
+/// Each timeout must be greater than zero and has no upper limit: deadlines, and sums of
+/// timeouts, saturate about 30 years ahead, so `Duration::MAX` means "no bound" in practice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Timeouts {
@@ -38,19 +46,20 @@ impl Default for Timeouts {
 }
 
 impl Timeouts {
-    /// Sets the bound on a plugin's `open` (default 30 s).
+    /// Sets the bound on a plugin's `open` (default 30 s). Greater than zero; no upper limit.
     pub fn open(mut self, timeout: Duration) -> Self {
         self.open = timeout;
         self
     }
 
     /// Sets the bound on commands, `with` closures, health checks and answers (default 30 s).
+    /// Greater than zero; no upper limit.
     pub fn request(mut self, timeout: Duration) -> Self {
         self.request = timeout;
         self
     }
 
-    /// Sets the bound on a plugin's `close` (default 10 s).
+    /// Sets the bound on a plugin's `close` (default 10 s). Greater than zero; no upper limit.
     pub fn close(mut self, timeout: Duration) -> Self {
         self.close = timeout;
         self
@@ -59,7 +68,7 @@ impl Timeouts {
     /// The longest a connection actor can be busy with one plugin call before it gets to a
     /// close queued behind it, plus the close itself: the bound on waiting for a close.
     pub(crate) fn close_wait(&self) -> Duration {
-        self.open.max(self.request) + self.close
+        self.open.max(self.request).saturating_add(self.close)
     }
 }
 
@@ -68,6 +77,8 @@ impl Timeouts {
 /// `±jitter` so that hosts dropped together do not come back in lockstep.
 ///
 /// Build it from the defaults with the setters: `Backoff::default().initial(ms(100))`.
+/// [`SupervisorConfig::validate`] refuses values outside the ranges each setter gives; the
+/// waits themselves never overflow, whatever the values.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
 pub struct Backoff {
@@ -93,35 +104,38 @@ impl Default for Backoff {
 }
 
 impl Backoff {
-    /// Sets the wait before the first reconnect attempt (default 500 ms).
+    /// Sets the wait before the first reconnect attempt (default 500 ms). Greater than zero and
+    /// at most [`max`](Self::max).
     pub fn initial(mut self, wait: Duration) -> Self {
         self.initial = wait;
         self
     }
 
-    /// Sets the upper bound on any wait (default 30 s).
+    /// Sets the upper bound on any wait (default 30 s). At least [`initial`](Self::initial); no
+    /// upper limit.
     pub fn max(mut self, wait: Duration) -> Self {
         self.max = wait;
         self
     }
 
-    /// Sets the growth per attempt (default 2.0; at least 1).
+    /// Sets the growth per attempt (default 2.0). Finite and at least 1.0; a wait that grows
+    /// past [`max`](Self::max) is `max`.
     pub fn multiplier(mut self, multiplier: f64) -> Self {
         self.multiplier = multiplier;
         self
     }
 
-    /// Sets the relative spread, from 0.0 to 1.0 (default 0.2).
+    /// Sets the relative spread (default 0.2). Within 0.0..=1.0.
     pub fn jitter(mut self, jitter: f64) -> Self {
         self.jitter = jitter;
         self
     }
 
-    /// The wait before attempt `attempt` (1-based) without jitter.
+    /// The wait before attempt `attempt` (1-based) without jitter: at most `max`, and never a
+    /// panic, whatever the values (a wait too long for a `Duration` is `max`).
     pub fn base_delay(&self, attempt: u32) -> Duration {
         let exponent = attempt.saturating_sub(1).min(64) as i32;
-        let secs = self.initial.as_secs_f64() * self.multiplier.powi(exponent);
-        Duration::from_secs_f64(secs.min(self.max.as_secs_f64()))
+        self.capped(self.initial.as_secs_f64() * self.multiplier.powi(exponent))
     }
 
     /// The wait before attempt `attempt`, spread by `unit` (a number in `[0, 1)`) within the
@@ -129,25 +143,34 @@ impl Backoff {
     pub(crate) fn delay(&self, attempt: u32, unit: f64) -> Duration {
         let base = self.base_delay(attempt).as_secs_f64();
         let spread = 1.0 + self.jitter * (2.0 * unit - 1.0);
-        Duration::from_secs_f64((base * spread).min(self.max.as_secs_f64()))
+        self.capped(base * spread)
+    }
+
+    /// `secs` as a wait of at most `max`, never a panic: too long for a `Duration` (float seconds
+    /// near `Duration::MAX` round past it), infinite or NaN waits `max`; negative waits none.
+    fn capped(&self, secs: f64) -> Duration {
+        if secs.is_nan() {
+            return self.max;
+        }
+        Duration::try_from_secs_f64(secs.max(0.0)).map_or(self.max, |wait| wait.min(self.max))
     }
 
     fn validate(&self, scope: &str) -> Result<(), Error> {
         if self.initial.is_zero() || self.max < self.initial {
             return Err(invalid(format!(
-                "{scope}: the backoff needs 0 < initial <= max (got {:?} and {:?})",
+                "{scope}: the backoff needs 0 < initial <= max (got initial {:?} and max {:?})",
                 self.initial, self.max
             )));
         }
         if !(self.multiplier >= 1.0 && self.multiplier.is_finite()) {
             return Err(invalid(format!(
-                "{scope}: the backoff multiplier must be at least 1 (got {})",
+                "{scope}: the backoff multiplier must be finite and at least 1 (got {:?})",
                 self.multiplier
             )));
         }
         if !(0.0..=1.0).contains(&self.jitter) {
             return Err(invalid(format!(
-                "{scope}: the backoff jitter must be within 0..=1 (got {})",
+                "{scope}: the backoff jitter must be within 0..=1 (got {:?})",
                 self.jitter
             )));
         }
@@ -220,32 +243,36 @@ impl ConnectionPolicy {
     }
 
     /// Sets how many reconnect attempts may fail with a permanent kind before giving up
-    /// (default 2).
+    /// (default 2). At least 1, up to `u32::MAX`.
     pub fn permanent_failure_attempts(mut self, attempts: u32) -> Self {
         self.permanent_failure_attempts = attempts;
         self
     }
 
     /// Sets the number of failed reconnect attempts of any kind after which to give up;
-    /// `None` (the default) keeps trying.
+    /// `None` (the default) keeps trying. Any number: `Some(0)` gives up after the first failed
+    /// attempt, as `Some(1)` does.
     pub fn max_reconnect_attempts(mut self, attempts: impl Into<Option<u32>>) -> Self {
         self.max_reconnect_attempts = attempts.into();
         self
     }
 
     /// Sets how often the plugin's health check runs while open; `None` (the default) never.
+    /// Greater than zero; no upper limit.
     pub fn health_check_interval(mut self, interval: impl Into<Option<Duration>>) -> Self {
         self.health_check_interval = interval.into();
         self
     }
 
-    /// Sets how long an unused connection is kept; `None` (the default) for ever.
+    /// Sets how long an unused connection is kept; `None` (the default) for ever. Greater than
+    /// zero; no upper limit.
     pub fn idle_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.idle_timeout = timeout.into();
         self
     }
 
     /// Sets how long after its creation a connection is closed; `None` (the default) never.
+    /// Greater than zero; no upper limit.
     pub fn max_lifetime(mut self, lifetime: impl Into<Option<Duration>>) -> Self {
         self.max_lifetime = lifetime.into();
         self
@@ -301,19 +328,22 @@ impl Default for RestartPolicy {
 }
 
 impl RestartPolicy {
-    /// Sets the restarts allowed within the window (default 3).
+    /// Sets the restarts allowed within the window (default 3). Any number: 0 quarantines a key
+    /// at its first crash.
     pub fn max_restarts(mut self, restarts: u32) -> Self {
         self.max_restarts = restarts;
         self
     }
 
-    /// Sets the sliding window (default 5 s).
+    /// Sets the sliding window (default 5 s). Greater than zero; no upper limit.
     pub fn window(mut self, window: Duration) -> Self {
         self.window = window;
         self
     }
 
-    /// Sets how long a key that crashed too often refuses requests (default 30 s).
+    /// Sets how long a key that crashed too often refuses requests (default 30 s). Greater than
+    /// zero; no upper limit (`Duration::MAX` keeps the key quarantined until it is retried or
+    /// closed).
     pub fn quarantine(mut self, quarantine: Duration) -> Self {
         self.quarantine = quarantine;
         self
@@ -397,19 +427,19 @@ impl SupervisorConfig {
         self
     }
 
-    /// Sets the default policy's open timeout (default 30 s).
+    /// Sets the default policy's open timeout (default 30 s); range as [`Timeouts::open`].
     pub fn open_timeout(mut self, timeout: Duration) -> Self {
         self.default_policy.timeouts.open = timeout;
         self
     }
 
-    /// Sets the default policy's request timeout (default 30 s).
+    /// Sets the default policy's request timeout (default 30 s); range as [`Timeouts::request`].
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.default_policy.timeouts.request = timeout;
         self
     }
 
-    /// Sets the default policy's close timeout (default 10 s).
+    /// Sets the default policy's close timeout (default 10 s); range as [`Timeouts::close`].
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
         self.default_policy.timeouts.close = timeout;
         self
@@ -418,19 +448,21 @@ impl SupervisorConfig {
     /// How many opens (first opens and reconnects) may run at once across the whole
     /// supervisor. Defaults to 32: reconnecting a thousand hosts after an outage is then a
     /// steady stream, not a thundering herd. Waiting for a slot counts against the open
-    /// timeout.
+    /// timeout. From 1 to tokio's semaphore limit,
+    /// [`Semaphore::MAX_PERMITS`](tokio::sync::Semaphore::MAX_PERMITS) (`usize::MAX >> 3`).
     pub fn max_concurrent_opens(mut self, opens: usize) -> Self {
         self.max_concurrent_opens = opens;
         self
     }
 
-    /// Caps the number of pooled connections. Defaults to no cap.
+    /// Caps the number of pooled connections. Defaults to no cap. At least 1; no upper limit.
     pub fn max_connections(mut self, connections: usize) -> Self {
         self.max_connections = Some(connections);
         self
     }
 
-    /// Caps the number of pooled connections of one plugin. Defaults to no cap.
+    /// Caps the number of pooled connections of one plugin. Defaults to no cap. At least 1; no
+    /// upper limit.
     pub fn max_connections_for(
         mut self,
         plugin_name: impl Into<String>,
@@ -454,7 +486,8 @@ impl SupervisorConfig {
     }
 
     /// How many lifecycle events a slow subscriber may fall behind before it misses some
-    /// (it is told how many). Defaults to 4096.
+    /// (it is told how many). Defaults to 4096. From 1 to 1,048,576 (2^20): tokio allocates the
+    /// buffer up front, rounded up to a power of two, at about 140 bytes an event.
     pub fn event_capacity(mut self, capacity: usize) -> Self {
         self.event_capacity = capacity;
         self
@@ -473,21 +506,49 @@ impl SupervisorConfig {
         for (plugin, policy) in &self.plugin_policies {
             policy.validate(&format!("policy for plugin {plugin:?}"))?;
         }
-        if self.max_concurrent_opens == 0 {
-            return Err(invalid("max_concurrent_opens must be at least 1".into()));
+        // Both become tokio structures that panic beyond their limits: the open slots a
+        // semaphore, the events a broadcast channel, which allocates every slot up front.
+        for (name, value, max, why) in [
+            (
+                "max_concurrent_opens",
+                self.max_concurrent_opens,
+                Semaphore::MAX_PERMITS,
+                "tokio's semaphore limit",
+            ),
+            (
+                "event_capacity",
+                self.event_capacity,
+                MAX_EVENT_CAPACITY,
+                "as tokio allocates its buffer up front",
+            ),
+        ] {
+            if !(1..=max).contains(&value) {
+                return Err(invalid(format!(
+                    "{name} must be from 1 to {max}, {why} (got {value})"
+                )));
+            }
         }
-        if self.max_connections == Some(0)
-            || self.max_connections_per_plugin.values().any(|&n| n == 0)
+        if self.max_connections == Some(0) {
+            return Err(invalid("max_connections must be at least 1".into()));
+        }
+        if let Some((plugin, _)) = self
+            .max_connections_per_plugin
+            .iter()
+            .find(|(_, n)| **n == 0)
         {
-            return Err(invalid("a connection limit must be at least 1".into()));
+            return Err(invalid(format!(
+                "max_connections_for({plugin:?}) must be at least 1"
+            )));
         }
-        if self.restart.window.is_zero() || self.restart.quarantine.is_zero() {
-            return Err(invalid(
-                "the restart window and quarantine must be greater than zero".into(),
-            ));
-        }
-        if self.event_capacity == 0 {
-            return Err(invalid("event_capacity must be at least 1".into()));
+        for (name, value) in [
+            ("window", self.restart.window),
+            ("quarantine", self.restart.quarantine),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(format!(
+                    "restart policy: the {name} must be greater than zero"
+                )));
+            }
         }
         Ok(())
     }
@@ -533,26 +594,5 @@ mod tests {
         assert_eq!(backoff.delay(1, 0.0), Duration::from_millis(50));
         assert_eq!(backoff.delay(1, 0.5), Duration::from_millis(100));
         assert!(backoff.delay(6, 0.99) <= backoff.max);
-    }
-
-    #[test]
-    fn nonsense_is_rejected_by_name() {
-        let config = SupervisorConfig::default().plugin_policy(
-            "ssh",
-            ConnectionPolicy {
-                idle_timeout: Some(Duration::ZERO),
-                ..ConnectionPolicy::default()
-            },
-        );
-        let error = config.validate().unwrap_err().to_string();
-        assert!(
-            error.contains("\"ssh\"") && error.contains("idle timeout"),
-            "{error}"
-        );
-        let error = SupervisorConfig::default()
-            .max_concurrent_opens(0)
-            .validate()
-            .unwrap_err();
-        assert!(error.to_string().contains("max_concurrent_opens"));
     }
 }

@@ -2,7 +2,7 @@
 //! request, so that no bound (however large) overflows the clock and no request runs after
 //! its caller gave up.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// When a caller stops waiting for a request: set when the call starts and carried with the
 /// request, so the actor that takes it late runs it with only the time left, or not at all
@@ -53,4 +53,28 @@ const FOREVER: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
 /// can overflow the clock.
 pub(crate) fn deadline_after(bound: Duration) -> tokio::time::Instant {
     tokio::time::Instant::now() + bound.min(FOREVER)
+}
+
+/// The wall-clock time `bound` from now, at most [`FOREVER`] ahead (for statuses and events).
+pub(crate) fn wall_deadline_after(bound: Duration) -> SystemTime {
+    let now = SystemTime::now();
+    // Only a clock set some 290 billion years ahead could fail the add; it then says "now".
+    now.checked_add(bound.min(FOREVER)).unwrap_or(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    #[test]
+    fn deadlines_saturate_instead_of_overflowing() {
+        let year = Duration::from_secs(86_400 * 365);
+        let far = deadline_after(Duration::MAX);
+        assert!(far > Instant::now() + year * 29 && far < Instant::now() + year * 31);
+        let wall = wall_deadline_after(Duration::MAX);
+        assert!(wall > SystemTime::now() + year * 29);
+        let soon = deadline_after(Duration::from_secs(1));
+        assert!(soon <= Instant::now() + Duration::from_secs(1));
+    }
 }

@@ -278,6 +278,11 @@ pub enum EventDelivery {
     Ended,
 }
 
+// An actor may take `EventDelivery` as its own message type; without ractor's blanket impl
+// (its `cluster` feature) only this crate can give it the impl.
+#[cfg(feature = "cluster")]
+impl ractor::Message for EventDelivery {}
+
 /// Forwards events to a ractor actor until the supervisor shuts down or the actor stops.
 pub(crate) fn forward_to_actor<M: ractor::Message>(
     mut receiver: broadcast::Receiver<ConnectionEvent>,

@@ -126,7 +126,9 @@ pub(crate) enum Direct {
 }
 
 impl DirectRoute {
-    /// A route over `runner` with `limit` command slots (at least one).
+    /// A route over `runner` with `limit` command slots: at least one, and at most tokio's
+    /// semaphore limit, above which `Semaphore::new` panics (any plugin may ask for
+    /// `usize::MAX`; no session runs that many commands at once anyway).
     pub(crate) fn new(
         runner: Arc<dyn CommandRunner>,
         limit: usize,
@@ -135,7 +137,7 @@ impl DirectRoute {
     ) -> Self {
         Self {
             runner,
-            slots: Arc::new(Semaphore::new(limit.max(1))),
+            slots: Arc::new(Semaphore::new(limit.clamp(1, Semaphore::MAX_PERMITS))),
             activity,
             notify: Arc::new(notify),
         }

@@ -28,6 +28,10 @@ enum ParentMessage {
     Supervisor(ractor::RpcReplyPort<ActorRef<SupervisorMessage>>),
 }
 
+// Without ractor's blanket impl (its `cluster` feature), every message type needs its own.
+#[cfg(feature = "cluster")]
+impl ractor::Message for ParentMessage {}
+
 impl Actor for Parent {
     type Msg = ParentMessage;
     type State = ParentState;

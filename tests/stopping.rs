@@ -26,6 +26,9 @@ enum OwnerMessage {
     Fail,
 }
 
+#[cfg(feature = "cluster")]
+impl ractor::Message for OwnerMessage {}
+
 impl Actor for Owner {
     type Msg = OwnerMessage;
     type State = ActorRef<SupervisorMessage>;

@@ -97,6 +97,10 @@ enum Echo {
     Ping(usize, ractor::RpcReplyPort<usize>),
 }
 
+// Without ractor's blanket impl (its `cluster` feature), every message type needs its own.
+#[cfg(feature = "cluster")]
+impl ractor::Message for Echo {}
+
 impl ractor::Actor for EchoActor {
     type Msg = Echo;
     type State = ();

@@ -214,7 +214,7 @@ impl ConnectionManager {
         // The supervisor finds (or creates) the connection and hands the request to its actor,
         // which answers: three messages, and the supervisor never waits for the open. The
         // bound covers a creation, the wait for the actor and the open.
-        let bound = Deadline::after(self.timeouts.request + self.timeouts.open);
+        let bound = Deadline::after(self.timeouts.request.saturating_add(self.timeouts.open));
         let mut closed_once = false;
         loop {
             let answer = call_supervisor(
@@ -292,7 +292,10 @@ impl ConnectionManager {
         ask_supervisor(
             &self.supervisor,
             |reply| SupervisorMessage::CloseAll { reply },
-            self.timeouts.close_wait() * 2 + self.timeouts.request,
+            self.timeouts
+                .close_wait()
+                .saturating_mul(2)
+                .saturating_add(self.timeouts.request),
             Operation::CloseAllConnections,
         )
         .await?
@@ -304,7 +307,7 @@ impl ConnectionManager {
     ///
     /// Once sent, the attempt runs even if this future is dropped; only its outcome is lost.
     pub async fn retry(&self, key: &ConnectionKey) -> Result<(), Error> {
-        let bound = Deadline::after(self.timeouts.open + self.timeouts.request);
+        let bound = Deadline::after(self.timeouts.open.saturating_add(self.timeouts.request));
         loop {
             let asked = key.clone();
             match call_supervisor(
@@ -429,7 +432,11 @@ impl ConnectionManager {
     /// Once the supervisor has the message, the shutdown runs to its end even if this future is
     /// dropped.
     pub async fn shutdown(&self) -> Result<(), Error> {
-        let bound = self.timeouts.close_wait() * 4 + self.timeouts.request;
+        let bound = self
+            .timeouts
+            .close_wait()
+            .saturating_mul(4)
+            .saturating_add(self.timeouts.request);
         match ask_supervisor(
             &self.supervisor,
             |reply| SupervisorMessage::Shutdown { reply },

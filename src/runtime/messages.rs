@@ -348,3 +348,12 @@ impl fmt::Debug for RoutedOpen {
             .finish_non_exhaustive()
     }
 }
+
+// With ractor's `cluster` feature ractor has no blanket `Message` impl, so each message type
+// needs its own; without it, these would conflict with the blanket impl. Neither message is
+// serializable (they carry reply ports, handles and closures): a remote actor cannot be sent
+// one, which is ractor's default for a type that does not override `serializable`.
+#[cfg(feature = "cluster")]
+impl ractor::Message for SupervisorMessage {}
+#[cfg(feature = "cluster")]
+impl ractor::Message for ConnectionMessage {}

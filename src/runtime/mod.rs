@@ -21,6 +21,14 @@
 //! `Shutdown` with `call!` (or call
 //! [`ConnectionManager::shutdown`](crate::ConnectionManager::shutdown)) and wait for the
 //! answer.
+//!
+//! # Clustered builds
+//!
+//! In a build where ractor's `cluster` feature is on (as `ractor_cluster` turns it on), turn
+//! on this crate's `cluster` feature too: it gives [`SupervisorMessage`], [`ConnectionMessage`]
+//! and [`EventDelivery`](crate::EventDelivery) the explicit `ractor::Message` impls that ractor
+//! then requires. The actors stay local: their messages carry reply ports and closures and
+//! cannot be sent to another node.
 
 mod connection;
 pub(crate) mod internal;

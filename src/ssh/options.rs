@@ -4,6 +4,10 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// The longest keepalive interval handed to russh, which adds it to the clock unchecked: about
+/// 30 years, an interval that never elapses in practice.
+const KEEPALIVE_INTERVAL_CAP: Duration = Duration::from_secs(86_400 * 365 * 30);
+
 /// How server host keys are checked. A refused key fails the open with
 /// [`FailureKind::HostKey`](crate::FailureKind::HostKey), which is permanent: it is not retried in a loop.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,13 +72,14 @@ pub struct SshOptions {
     pub private_key_passphrase: Option<String>,
     /// How host keys are checked. Defaults to strict against `~/.ssh/known_hosts`.
     pub host_key_policy: HostKeyPolicy,
-    /// How often to send a keepalive on an idle session. Defaults to 15 s; `None` turns
+    /// How often to send a keepalive on an idle session. Defaults to 15 s; `None` or zero turns
     /// keepalives off (a dead peer is then noticed only when a request fails).
     pub keepalive_interval: Option<Duration>,
-    /// Unanswered keepalives before the session is declared lost. Defaults to 3.
+    /// Unanswered keepalives before the session is declared lost. Defaults to 3; 0 never
+    /// declares it lost for missed keepalives.
     pub keepalive_max: usize,
     /// Commands that may run at once on one connection, each on its own channel. Defaults to
-    /// 8, below OpenSSH's `MaxSessions` of 10.
+    /// 8, below OpenSSH's `MaxSessions` of 10. 0 is taken as 1.
     pub max_channels: usize,
 }
 
@@ -131,22 +136,39 @@ impl SshOptions {
         self
     }
 
-    /// Sets the keepalive interval; `None` turns keepalives off (default 15 s).
+    /// Sets the keepalive interval (default 15 s). `None` or `Duration::ZERO` turns keepalives
+    /// off, as OpenSSH's `ServerAliveInterval 0` does (a zero interval would otherwise send one
+    /// after every packet). No upper limit: an interval beyond about 30 years is taken as 30
+    /// years, which never elapses in practice.
     pub fn keepalive_interval(mut self, interval: impl Into<Option<Duration>>) -> Self {
         self.keepalive_interval = interval.into();
         self
     }
 
-    /// Sets how many unanswered keepalives declare the session lost (default 3).
+    /// Sets how many unanswered keepalives declare the session lost (default 3). Any number: 0
+    /// never declares it lost for missed keepalives (russh's rule), so only a failed request or
+    /// the transport's own end notices a dead peer.
     pub fn keepalive_max(mut self, max: usize) -> Self {
         self.keepalive_max = max;
         self
     }
 
-    /// Sets how many commands may run at once on one connection (default 8).
+    /// Sets how many commands may run at once on one connection (default 8). 0 is taken as 1;
+    /// anything above tokio's semaphore limit (`usize::MAX >> 3`) as that limit. The server's
+    /// own limit still applies: OpenSSH refuses channels beyond its `MaxSessions` (10), and a
+    /// refused channel fails its command.
     pub fn max_channels(mut self, channels: usize) -> Self {
         self.max_channels = channels;
         self
+    }
+
+    /// The keepalive interval russh is given: zero is off, and a longer interval than russh can
+    /// add to the clock is capped. Applied when a session opens, so a value set on the field
+    /// directly is covered too.
+    pub(super) fn effective_keepalive_interval(&self) -> Option<Duration> {
+        self.keepalive_interval
+            .filter(|interval| !interval.is_zero())
+            .map(|interval| interval.min(KEEPALIVE_INTERVAL_CAP))
     }
 }
 
@@ -167,5 +189,24 @@ impl fmt::Debug for SshOptions {
             .field("keepalive_max", &self.keepalive_max)
             .field("max_channels", &self.max_channels)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_zero_keepalive_is_off_and_a_huge_one_is_capped() {
+        let with = |interval: Option<Duration>| {
+            SshOptions::default()
+                .keepalive_interval(interval)
+                .effective_keepalive_interval()
+        };
+        assert_eq!(with(None), None);
+        assert_eq!(with(Some(Duration::ZERO)), None);
+        let five = Duration::from_secs(5);
+        assert_eq!(with(Some(five)), Some(five));
+        assert_eq!(with(Some(Duration::MAX)), Some(KEEPALIVE_INTERVAL_CAP));
     }
 }

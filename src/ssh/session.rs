@@ -99,7 +99,7 @@ impl Connection for SshConnection {
         };
         let config = Arc::new(client::Config {
             nodelay: true,
-            keepalive_interval: self.options.keepalive_interval,
+            keepalive_interval: self.options.effective_keepalive_interval(),
             keepalive_max: self.options.keepalive_max,
             ..client::Config::default()
         });

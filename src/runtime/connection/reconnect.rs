@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use ractor::ActorProcessingErr;
 use tokio::time::Instant;
@@ -12,6 +12,7 @@ use tracing::{info, warn};
 
 use crate::connection::FailureKind;
 use crate::deadline::Deadline;
+use crate::deadline::wall_deadline_after;
 use crate::error::{Error, Stage};
 use crate::events::EventKind;
 use crate::runtime::internal::TickKind;
@@ -59,7 +60,7 @@ impl ConnectionActorState {
 
     pub(super) fn schedule_reconnect_in(&mut self, delay: Duration) {
         self.reconnect_generation += 1;
-        self.status.next_attempt_at = Some(SystemTime::now() + delay);
+        self.status.next_attempt_at = Some(wall_deadline_after(delay));
         let attempt = self.status.attempts + 1;
         self.enter(
             ConnectionState::Reconnecting,

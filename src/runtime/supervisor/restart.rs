@@ -1,12 +1,11 @@
 //! Crashes: a pooled connection actor that failed is restarted with a fresh instance (reopened if
 //! it was open) within the restart intensity, or its key is quarantined.
 
-use std::time::SystemTime;
-
 use ractor::ActorId;
 use tokio::time::Instant;
 use tracing::{error, warn};
 
+use crate::deadline::{deadline_after, wall_deadline_after};
 use crate::events::EventKind;
 use crate::shared::Count;
 
@@ -54,8 +53,8 @@ impl SupervisorState {
                 },
             );
             let quarantine = Quarantine {
-                until: now + policy.quarantine,
-                until_wall: SystemTime::now() + policy.quarantine,
+                until: deadline_after(policy.quarantine),
+                until_wall: wall_deadline_after(policy.quarantine),
                 reason,
                 lineage,
                 published: pooled.published,
