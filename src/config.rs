@@ -493,6 +493,14 @@ impl SupervisorConfig {
         self
     }
 
+    /// The timeouts of every plugin with a policy of its own.
+    pub(crate) fn plugin_timeouts(&self) -> HashMap<String, Timeouts> {
+        self.plugin_policies
+            .iter()
+            .map(|(plugin, policy)| (plugin.clone(), policy.timeouts))
+            .collect()
+    }
+
     /// The policy that applies to `plugin_name`.
     pub fn policy_for(&self, plugin_name: &str) -> &ConnectionPolicy {
         self.plugin_policies

@@ -391,3 +391,40 @@ async fn a_hung_factory_stalls_nothing_and_what_it_makes_late_is_closed() {
     .await;
     finish(manager, &plugin).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_plugins_own_timeouts_bound_the_calls_about_its_keys() {
+    let plugin = FaultPlugin::new("fault");
+    // Longer than anything the default policy's timeouts allow the manager to wait.
+    plugin.open_delay("slow", Duration::from_secs(200));
+    let patient = policy().timeouts(
+        connection_supervisor::Timeouts::default()
+            .open(Duration::from_secs(300))
+            .close(Duration::from_secs(60)),
+    );
+    let config = SupervisorConfig::default()
+        .factory(plugin.factory())
+        .plugin_policy("fault", patient);
+    let manager = ConnectionManager::spawn(config).await.unwrap();
+    let key = plugin.key("slow");
+
+    let opened = manager
+        .open_connection(&key, &ResolvedConnectionParams::new("slow"))
+        .await
+        .expect("the open may take the plugin's 300 s, not the default's 30 s")
+        .unwrap();
+    assert!(opened.is_alive().await.unwrap());
+    // A close that takes its full 60 s: the manager waits for it.
+    plugin.hang_close("slow", true);
+    manager
+        .close_connection(&key)
+        .await
+        .expect("the close may take the plugin's close timeout, not the default's");
+    manager.shutdown().await.unwrap();
+    let ledger = plugin.ledger();
+    assert_eq!(
+        (get(&ledger.closed_twice), get(&ledger.close_abandoned)),
+        (0, 1),
+        "the one close ran once, to its timeout: {ledger:?}"
+    );
+}

@@ -84,7 +84,11 @@ async fn ask_supervisor<T: Send + 'static>(
 #[derive(Clone)]
 pub struct ConnectionManager {
     supervisor: ActorRef<SupervisorMessage>,
+    /// The default policy's timeouts, which bound the calls that concern no single plugin.
     timeouts: Timeouts,
+    /// The timeouts of plugins with a policy of their own: a call about one of their keys is
+    /// bounded by them, so a plugin allowed a 120 s open is not cut off at the default's 30 s.
+    plugin_timeouts: Arc<HashMap<String, Timeouts>>,
 }
 
 impl fmt::Debug for ConnectionManager {
@@ -118,6 +122,7 @@ impl ConnectionManager {
     pub async fn spawn(config: SupervisorConfig) -> Result<Self, Error> {
         config.validate()?;
         let timeouts = config.default_policy.timeouts;
+        let plugin_timeouts = Arc::new(config.plugin_timeouts());
         let (supervisor, _join) = ractor::Actor::spawn(None, ConnectionSupervisor, config)
             .await
             .map_err(|error| Error::Spawn {
@@ -127,6 +132,7 @@ impl ConnectionManager {
         Ok(Self {
             supervisor,
             timeouts,
+            plugin_timeouts,
         })
     }
 
@@ -144,10 +150,36 @@ impl ConnectionManager {
             Operation::Timeouts,
         )
         .await?;
+        let plugin_timeouts = ask_supervisor(
+            &supervisor,
+            |reply| SupervisorMessage::PluginTimeouts { reply },
+            timeouts.request,
+            Operation::Timeouts,
+        )
+        .await?;
         Ok(Self {
             supervisor,
             timeouts,
+            plugin_timeouts: Arc::new(plugin_timeouts),
         })
+    }
+
+    /// The timeouts that bound a call about a key of `plugin_name`.
+    fn timeouts_for(&self, plugin_name: &str) -> Timeouts {
+        self.plugin_timeouts
+            .get(plugin_name)
+            .copied()
+            .unwrap_or(self.timeouts)
+    }
+
+    /// The longest close wait of any policy: what a close-all or shutdown may take.
+    fn longest_close_wait(&self) -> Duration {
+        self.plugin_timeouts
+            .values()
+            .chain(std::iter::once(&self.timeouts))
+            .map(Timeouts::close_wait)
+            .max()
+            .unwrap_or_default()
     }
 
     /// The supervisor actor, for linking, monitoring or messaging it directly.
@@ -155,7 +187,8 @@ impl ConnectionManager {
         self.supervisor.clone()
     }
 
-    /// The default policy's timeouts, which bound this manager's own calls.
+    /// The default policy's timeouts, which bound the calls that concern no single plugin; a
+    /// call about one key is bounded by that key's plugin policy.
     pub fn timeouts(&self) -> Timeouts {
         self.timeouts
     }
@@ -214,7 +247,8 @@ impl ConnectionManager {
         // The supervisor finds (or creates) the connection and hands the request to its actor,
         // which answers: three messages, and the supervisor never waits for the open. The
         // bound covers a creation, the wait for the actor and the open.
-        let bound = Deadline::after(self.timeouts.request.saturating_add(self.timeouts.open));
+        let timeouts = self.timeouts_for(&key.plugin_name);
+        let bound = Deadline::after(timeouts.request.saturating_add(timeouts.open));
         let mut closed_once = false;
         loop {
             let answer = call_supervisor(
@@ -258,7 +292,7 @@ impl ConnectionManager {
     /// abandoned.
     pub async fn close_connection(&self, key: &ConnectionKey) -> Result<(), Error> {
         use ractor::rpc::CallResult;
-        let bound = self.timeouts.close_wait();
+        let bound = self.timeouts_for(&key.plugin_name).close_wait();
         let key_for_error = key.clone();
         let key = key.clone();
         match self
@@ -292,8 +326,7 @@ impl ConnectionManager {
         ask_supervisor(
             &self.supervisor,
             |reply| SupervisorMessage::CloseAll { reply },
-            self.timeouts
-                .close_wait()
+            self.longest_close_wait()
                 .saturating_mul(2)
                 .saturating_add(self.timeouts.request),
             Operation::CloseAllConnections,
@@ -307,7 +340,8 @@ impl ConnectionManager {
     ///
     /// Once sent, the attempt runs even if this future is dropped; only its outcome is lost.
     pub async fn retry(&self, key: &ConnectionKey) -> Result<(), Error> {
-        let bound = Deadline::after(self.timeouts.open.saturating_add(self.timeouts.request));
+        let timeouts = self.timeouts_for(&key.plugin_name);
+        let bound = Deadline::after(timeouts.open.saturating_add(timeouts.request));
         loop {
             let asked = key.clone();
             match call_supervisor(
@@ -433,8 +467,7 @@ impl ConnectionManager {
     /// dropped.
     pub async fn shutdown(&self) -> Result<(), Error> {
         let bound = self
-            .timeouts
-            .close_wait()
+            .longest_close_wait()
             .saturating_mul(4)
             .saturating_add(self.timeouts.request);
         match ask_supervisor(

@@ -111,6 +111,12 @@ pub enum SupervisorMessage {
         /// Where the timeouts go.
         reply: RpcReplyPort<Timeouts>,
     },
+    /// The timeouts of every plugin with a policy of its own, which bound the calls that
+    /// concern one of its keys.
+    PluginTimeouts {
+        /// Where the timeouts go, by plugin name.
+        reply: RpcReplyPort<HashMap<String, Timeouts>>,
+    },
     /// Stops taking requests, closes every connection exactly once (bounded by the close
     /// timeout), stops every connection actor, then stops the supervisor itself.
     Shutdown {
@@ -304,6 +310,7 @@ impl fmt::Debug for SupervisorMessage {
             }
             Self::CountersSnapshot { .. } => f.write_str("CountersSnapshot"),
             Self::Timeouts { .. } => f.write_str("Timeouts"),
+            Self::PluginTimeouts { .. } => f.write_str("PluginTimeouts"),
             Self::Shutdown { .. } => f.write_str("Shutdown"),
             Self::Report(report) => f.debug_tuple("Report").field(report).finish(),
         }

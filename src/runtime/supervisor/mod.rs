@@ -147,6 +147,9 @@ impl Actor for ConnectionSupervisor {
             SupervisorMessage::Timeouts { reply } => {
                 let _ = reply.send(state.config.default_policy.timeouts);
             }
+            SupervisorMessage::PluginTimeouts { reply } => {
+                let _ = reply.send(state.config.plugin_timeouts());
+            }
             SupervisorMessage::Shutdown { reply } => state.shutdown(reply),
             SupervisorMessage::Report(Report(report)) => state.apply_report(report).await,
         }
