@@ -59,7 +59,9 @@
 //!   and [`CommandRunner`] traits, their errors, the factory and the loss notifier.
 //! - `status.rs`: lifecycle state, status snapshot, failure info, counters: plain data.
 //! - `error.rs`: the one [`Error`] type, with the [`Operation`] and [`Stage`] it names.
-//! - `config.rs`: [`SupervisorConfig`] and the policies, with their defaults and validation;
+//! - `policy.rs`: per-plugin [`ConnectionPolicy`] (timeouts, backoff, health, idle, lifetime)
+//!   and the [`RestartPolicy`]; `config.rs`: [`SupervisorConfig`], which holds them, and its
+//!   validation;
 //!   `deadline.rs`: the [`Deadline`] a request carries.
 //! - `events.rs`: lifecycle [`ConnectionEvent`]s, the bus and the [`EventStream`].
 //! - `guard.rs`: every plugin call runs bounded and with panics caught.
@@ -85,6 +87,7 @@ mod deadline;
 mod error;
 mod events;
 mod guard;
+mod policy;
 pub mod runtime;
 mod shared;
 #[cfg(feature = "ssh")]
@@ -94,7 +97,7 @@ mod status;
 pub mod testing;
 
 pub use client::{ConnectionManager, SupervisorGuard};
-pub use config::{AtLimit, Backoff, ConnectionPolicy, RestartPolicy, SupervisorConfig, Timeouts};
+pub use config::{AtLimit, SupervisorConfig};
 pub use connection::{
     CommandError, CommandOutput, CommandRunner, Connection, ConnectionFactory, ConnectionKey,
     Extras, FailureKind, LossNotifier, OpenError, ResolvedConnectionParams,
@@ -102,6 +105,7 @@ pub use connection::{
 pub use deadline::Deadline;
 pub use error::{Error, LimitScope, Operation, Stage};
 pub use events::{CloseReason, ConnectionEvent, EventDelivery, EventKind, EventStream};
+pub use policy::{Backoff, ConnectionPolicy, RestartPolicy, Timeouts};
 pub use runtime::messages::ConnectionHandle;
 pub use status::{ConnectionCounters, ConnectionState, ConnectionStatus, FailureInfo};
 

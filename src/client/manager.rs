@@ -13,11 +13,12 @@ use std::time::Duration;
 
 use ractor::{ActorRef, Message, RpcReplyPort};
 
-use crate::config::{SupervisorConfig, Timeouts};
+use crate::config::SupervisorConfig;
 use crate::connection::{ConnectionFactory, ConnectionKey, ResolvedConnectionParams};
 use crate::deadline::Deadline;
 use crate::error::{Error, Operation, Stage};
 use crate::events::{EventDelivery, EventStream, forward_to_actor};
+use crate::policy::Timeouts;
 use crate::runtime::ConnectionSupervisor;
 use crate::runtime::messages::{ConnectionHandle, SupervisorMessage};
 use crate::status::{ConnectionCounters, ConnectionStatus};

@@ -13,13 +13,13 @@ use std::sync::Arc;
 use ractor::{ActorRef, RpcReplyPort};
 use tokio::sync::{broadcast, watch};
 
-use crate::config::Timeouts;
 use crate::connection::{
     CommandOutput, ConnectionFactory, ConnectionKey, ResolvedConnectionParams,
 };
 use crate::deadline::Deadline;
 use crate::error::Error;
 use crate::events::{CloseReason, ConnectionEvent};
+use crate::policy::Timeouts;
 use crate::runtime::internal::{Report, Tick, WithJob};
 use crate::shared::Published;
 use crate::status::{ConnectionCounters, ConnectionStatus};

@@ -28,7 +28,6 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, warn};
 
-use crate::config::ConnectionPolicy;
 use crate::connection::{
     Connection, ConnectionKey, FailureKind, OpenError, ResolvedConnectionParams,
 };
@@ -36,6 +35,7 @@ use crate::deadline::Deadline;
 use crate::error::Error;
 use crate::events::{CloseReason, EventBus, EventKind};
 use crate::guard::{Outcome, guarded};
+use crate::policy::ConnectionPolicy;
 use crate::runtime::internal::{Tick, TickKind};
 use crate::runtime::messages::{ConnectionMessage, RoutedOpen, SupervisorMessage};
 use crate::shared::{Activity, Count, PluginCounters, Published};
