@@ -41,6 +41,7 @@ pub struct SupervisorConfig {
     pub(crate) default_policy: ConnectionPolicy,
     pub(crate) plugin_policies: HashMap<String, ConnectionPolicy>,
     pub(crate) max_concurrent_opens: usize,
+    pub(crate) max_handshakes_per_address: usize,
     pub(crate) max_connections: Option<usize>,
     pub(crate) max_connections_per_plugin: HashMap<String, usize>,
     pub(crate) at_limit: AtLimit,
@@ -55,6 +56,7 @@ impl Default for SupervisorConfig {
             default_policy: ConnectionPolicy::default(),
             plugin_policies: HashMap::new(),
             max_concurrent_opens: 32,
+            max_handshakes_per_address: 8,
             max_connections: None,
             max_connections_per_plugin: HashMap::new(),
             at_limit: AtLimit::default(),
@@ -111,13 +113,25 @@ impl SupervisorConfig {
         self
     }
 
-    /// How many opens (first opens and reconnects) may run at once across the whole
-    /// supervisor. Defaults to 32: reconnecting a thousand hosts after an outage is then a
-    /// steady stream, not a thundering herd. Waiting for a slot counts against the open
-    /// timeout. From 1 to tokio's semaphore limit,
+    /// How many opens may run at once across the whole supervisor, in each of two budgets:
+    /// opens a caller waits for (`open`, `open_connection`, `retry`), and background
+    /// reconnects and reopens. Defaults to 32 each: reconnecting a thousand hosts after an
+    /// outage is then a steady stream, not a thundering herd, and an open to a healthy host
+    /// never queues behind it. Waiting for a slot counts against the open timeout, and one that
+    /// runs out is a timeout with [`Stage::OpenSlot`](crate::Stage::OpenSlot), counted in
+    /// `open_slot_timeouts`. From 1 to tokio's semaphore limit,
     /// [`Semaphore::MAX_PERMITS`](tokio::sync::Semaphore::MAX_PERMITS) (`usize::MAX >> 3`).
     pub fn max_concurrent_opens(mut self, opens: usize) -> Self {
         self.max_concurrent_opens = opens;
+        self
+    }
+
+    /// How many handshakes may run at once to one target address (the params' hostname and
+    /// port), whichever keys they are for. Defaults to 8: forty keys behind one server, bastion
+    /// or terminal server then stay below OpenSSH's default `MaxStartups` of 10 unauthenticated
+    /// connections. From 1 to tokio's semaphore limit.
+    pub fn max_handshakes_per_address(mut self, handshakes: usize) -> Self {
+        self.max_handshakes_per_address = handshakes;
         self
     }
 
@@ -190,6 +204,12 @@ impl SupervisorConfig {
                 "tokio's semaphore limit",
             ),
             (
+                "max_handshakes_per_address",
+                self.max_handshakes_per_address,
+                Semaphore::MAX_PERMITS,
+                "tokio's semaphore limit",
+            ),
+            (
                 "event_capacity",
                 self.event_capacity,
                 MAX_EVENT_CAPACITY,
@@ -235,6 +255,10 @@ impl fmt::Debug for SupervisorConfig {
             .field("default_policy", &self.default_policy)
             .field("plugin_policies", &self.plugin_policies)
             .field("max_concurrent_opens", &self.max_concurrent_opens)
+            .field(
+                "max_handshakes_per_address",
+                &self.max_handshakes_per_address,
+            )
             .field("max_connections", &self.max_connections)
             .field(
                 "max_connections_per_plugin",

@@ -303,6 +303,10 @@ pub enum Stage {
     /// Its turn: the connection's actor was busy with earlier requests until the deadline
     /// passed, so the request was never started.
     Queue,
+    /// An open slot: the supervisor's open budget or the target address's handshake limit
+    /// (see [`SupervisorConfig::max_concurrent_opens`](crate::SupervisorConfig::max_concurrent_opens))
+    /// was taken by other opens until the bound ran out; the plugin was never asked.
+    OpenSlot,
     /// The factory: it did not return a connection for the key within the key's open timeout.
     /// Whatever it returns later is closed at once.
     Factory,
@@ -315,6 +319,7 @@ impl Stage {
             Self::Reconnect => " waiting for a reconnect",
             Self::Queue => " waiting for its turn",
             Self::Factory => " waiting for the connection factory",
+            Self::OpenSlot => " waiting for an open slot",
         }
     }
 }

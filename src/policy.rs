@@ -190,6 +190,10 @@ pub struct ConnectionPolicy {
     /// Gives up reconnecting after this many failed attempts of any kind. Defaults to `None`
     /// (keep trying, with backoff, until closed).
     pub max_reconnect_attempts: Option<u32>,
+    /// Attempts of a first open (or any open a caller waits for) that fails transiently
+    /// (refused, reset, timed out), with backoff between them, within the caller's open bound.
+    /// Defaults to 3; 1 tries once.
+    pub first_open_attempts: u32,
     /// Runs the plugin's `health_check` this often while the connection is open. Defaults to
     /// `None`: loss is then noticed when the plugin reports it or a command finds it dead.
     pub health_check_interval: Option<Duration>,
@@ -207,6 +211,7 @@ impl Default for ConnectionPolicy {
             backoff: Backoff::default(),
             permanent_failure_attempts: 2,
             max_reconnect_attempts: None,
+            first_open_attempts: 3,
             health_check_interval: None,
             idle_timeout: None,
             max_lifetime: None,
@@ -248,6 +253,14 @@ impl ConnectionPolicy {
         self
     }
 
+    /// Sets how many times an open a caller waits for is tried when it fails transiently
+    /// (default 3), with this policy's backoff between tries, within the caller's bound. At
+    /// least 1.
+    pub fn first_open_attempts(mut self, attempts: u32) -> Self {
+        self.first_open_attempts = attempts;
+        self
+    }
+
     /// Sets how often the plugin's health check runs while open; `None` (the default) never.
     /// Greater than zero; no upper limit.
     pub fn health_check_interval(mut self, interval: impl Into<Option<Duration>>) -> Self {
@@ -283,6 +296,11 @@ impl ConnectionPolicy {
                     "{scope}: the {name} must be greater than zero"
                 )));
             }
+        }
+        if self.first_open_attempts == 0 {
+            return Err(Error::InvalidConfig(format!(
+                "{scope}: first_open_attempts must be at least 1"
+            )));
         }
         if self.permanent_failure_attempts == 0 {
             return Err(Error::InvalidConfig(format!(

@@ -13,18 +13,24 @@
 //!   and its own address. The actor serving the connection is its only writer, except while a
 //!   crashed connection is being restarted or quarantined, when the supervisor publishes the
 //!   quarantine.
+//! - [`OpenSlots`]: the supervisor's budgets for opens (one for opens a caller waits for, one
+//!   for background reconnects, so that callers never queue behind a reconnect storm) and a
+//!   limit of handshakes per target address, so that forty keys behind one server, bastion or
+//!   terminal server do not trip its connection limits. Semaphores: every connection actor
+//!   takes and returns permits, nobody else writes them.
 //! - [`PluginCounters`]: one plugin's counters, counted by the connection actors and the
 //!   supervisor where the counted thing happens, read by the supervisor for
 //!   `connection_counters_for`. Atomics rather than reports to the supervisor, so that a count
 //!   is made before the event that announces it is published: a subscriber that sees
 //!   `Reconnected` and then asks for the counters sees the reconnect counted.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use ractor::ActorCell;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::connection::{CommandError, CommandOutput, CommandRunner, ConnectionKey};
@@ -234,6 +240,7 @@ pub(crate) struct PluginCounters {
     crashes: AtomicUsize,
     restarts: AtomicUsize,
     quarantines: AtomicUsize,
+    open_slot_timeouts: AtomicUsize,
 }
 
 /// What [`PluginCounters::count`] counts.
@@ -248,6 +255,7 @@ pub(crate) enum Count {
     Crashed,
     Restarted,
     Quarantined,
+    OpenSlotTimeout,
 }
 
 impl PluginCounters {
@@ -263,6 +271,7 @@ impl PluginCounters {
             Count::Crashed => &self.crashes,
             Count::Restarted => &self.restarts,
             Count::Quarantined => &self.quarantines,
+            Count::OpenSlotTimeout => &self.open_slot_timeouts,
         };
         // SeqCst: a reader that learned of the event through any channel sees the count.
         counter.fetch_add(1, Ordering::SeqCst);
@@ -281,6 +290,84 @@ impl PluginCounters {
             crashes: read(&self.crashes),
             restarts: read(&self.restarts),
             quarantines: read(&self.quarantines),
+            open_slot_timeouts: read(&self.open_slot_timeouts),
         }
+    }
+}
+
+/// Whom an open is for, which decides the budget it draws on.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum OpenFor {
+    /// A caller waits for it: `open`, `open_connection`, `retry`.
+    Caller,
+    /// Nobody waits: a reconnect after a loss, a reopen after a restart.
+    Background,
+}
+
+/// The supervisor's open budgets and per-address handshake limits (see the module docs).
+#[derive(Debug)]
+pub(crate) struct OpenSlots {
+    callers: Arc<Semaphore>,
+    background: Arc<Semaphore>,
+    per_address: usize,
+    /// One semaphore per target address while anyone holds or waits for it; dead entries are
+    /// pruned whenever the map has doubled since the last prune, so it stays about the size of
+    /// the addresses being opened at once.
+    addresses: std::sync::Mutex<(HashMap<String, Weak<Semaphore>>, usize)>,
+}
+
+/// The permits of one open: its budget's and its address's, released when dropped.
+#[derive(Debug)]
+pub(crate) struct OpenPermit {
+    _budget: OwnedSemaphorePermit,
+    _address: OwnedSemaphorePermit,
+}
+
+impl OpenSlots {
+    pub(crate) fn new(budget: usize, per_address: usize) -> Self {
+        let permits = |n: usize| n.clamp(1, Semaphore::MAX_PERMITS);
+        Self {
+            callers: Arc::new(Semaphore::new(permits(budget))),
+            background: Arc::new(Semaphore::new(permits(budget))),
+            per_address: permits(per_address),
+            addresses: std::sync::Mutex::new((HashMap::new(), 64)),
+        }
+    }
+
+    /// Waits for a handshake slot at `address`, then for one of `purpose`'s budget (in that
+    /// order, so nobody holds a budget slot while queueing for a busy address). `None` only if
+    /// a semaphore was closed, which nothing does.
+    pub(crate) async fn acquire(&self, purpose: OpenFor, address: &str) -> Option<OpenPermit> {
+        let address = self.address(address);
+        let address = address.acquire_owned().await.ok()?;
+        let budget = match purpose {
+            OpenFor::Caller => self.callers.clone(),
+            OpenFor::Background => self.background.clone(),
+        };
+        let budget = budget.acquire_owned().await.ok()?;
+        Some(OpenPermit {
+            _budget: budget,
+            _address: address,
+        })
+    }
+
+    fn address(&self, address: &str) -> Arc<Semaphore> {
+        // A poisoned lock only means a panic elsewhere while it was held; the map is still
+        // consistent (every change to it is a single insert or retain).
+        let mut guard = self
+            .addresses
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (map, prune_at) = &mut *guard;
+        if let Some(live) = map.get(address).and_then(Weak::upgrade) {
+            return live;
+        }
+        if map.len() >= *prune_at {
+            map.retain(|_, slot| slot.strong_count() > 0);
+            *prune_at = (map.len() * 2).max(64);
+        }
+        let fresh = Arc::new(Semaphore::new(self.per_address));
+        map.insert(address.to_owned(), Arc::downgrade(&fresh));
+        fresh
     }
 }

@@ -121,4 +121,7 @@ pub struct ConnectionCounters {
     pub restarts: usize,
     /// Keys quarantined after crashing too often.
     pub quarantines: usize,
+    /// Open attempts whose bound ran out while they waited for an open slot (the supervisor's
+    /// budget, or the target address's handshake limit), before the plugin was even asked.
+    pub open_slot_timeouts: usize,
 }

@@ -428,3 +428,169 @@ async fn a_plugins_own_timeouts_bound_the_calls_about_its_keys() {
         "the one close ran once, to its timeout: {ledger:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn callers_do_not_queue_behind_background_reconnects_and_a_slot_wait_is_its_own_error() {
+    let plugin = FaultPlugin::new("fault");
+    let config = SupervisorConfig::default()
+        .factory(plugin.factory())
+        .policy(policy())
+        .max_concurrent_opens(2)
+        .open_timeout(Duration::from_secs(5));
+    let manager = ConnectionManager::spawn(config).await.unwrap();
+    let mut events = manager.subscribe().await.unwrap();
+    let hosts: Vec<String> = (0..6).map(|i| format!("down{i}")).collect();
+    for host in &hosts {
+        manager
+            .open_connection(&plugin.key(host), &ResolvedConnectionParams::new(host))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    // An outage: every reconnect attempt hangs until its open timeout, so the background
+    // budget (2) is always full and four more reconnects wait for it.
+    for host in &hosts {
+        plugin.hang_opens(host, true);
+        plugin.drop_sessions(host);
+    }
+    for _ in 0..2 {
+        events
+            .wait_for(WAIT, |e| matches!(e.kind, EventKind::Reconnecting { .. }))
+            .await
+            .unwrap();
+    }
+    // A healthy host opens at once: callers have a budget of their own.
+    let healthy = manager
+        .open_connection(
+            &plugin.key("healthy"),
+            &ResolvedConnectionParams::new("healthy"),
+        )
+        .await
+        .expect("an open to a healthy host does not wait behind the reconnects")
+        .unwrap();
+    assert!(healthy.is_alive().await.unwrap());
+
+    // The callers' budget itself full: the next open's wait for a slot is its own error.
+    plugin.hang_opens("stuck1", true);
+    plugin.hang_opens("stuck2", true);
+    let stuck: Vec<_> = ["stuck1", "stuck2"]
+        .into_iter()
+        .map(|host| {
+            let manager = manager.clone();
+            let key = plugin.key(host);
+            tokio::spawn(async move {
+                manager
+                    .open_connection(&key, &ResolvedConnectionParams::new(host))
+                    .await
+            })
+        })
+        .collect();
+    // On this single-threaded runtime an actor that announced `Opening` has taken its slot:
+    // the slots are free and it takes one before it first waits.
+    let mut opening = std::collections::HashSet::new();
+    while opening.len() < 2 {
+        let event = events
+            .wait_for(WAIT, |e| {
+                matches!(e.kind, EventKind::Opening) && e.key.hostname.starts_with("stuck")
+            })
+            .await
+            .unwrap();
+        opening.insert(event.key.hostname);
+    }
+    // With a bound shorter than the stuck opens' (which would free their slots when they run
+    // out), the wait for a slot is what runs out.
+    let third = manager
+        .get_or_create(plugin.key("third"))
+        .await
+        .unwrap()
+        .unwrap();
+    let error = third
+        .open_within(
+            &ResolvedConnectionParams::new("third"),
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            Error::Timeout {
+                stage: connection_supervisor::Stage::OpenSlot,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    let counters = manager
+        .connection_counters_for("fault")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(counters.open_slot_timeouts >= 1, "{counters:?}");
+    for task in stuck {
+        let _ = task.await;
+    }
+    for host in hosts.iter().map(String::as_str).chain(["stuck1", "stuck2"]) {
+        plugin.hang_opens(host, false);
+    }
+    finish(manager, &plugin).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_first_open_rides_out_transient_refusals() {
+    let plugin = FaultPlugin::new("fault");
+    plugin.fail_next_opens("r1", 2, FailureKind::Refused);
+    let config = SupervisorConfig::default()
+        .factory(plugin.factory())
+        .policy(policy());
+    let manager = ConnectionManager::spawn(config).await.unwrap();
+    let handle = manager
+        .open_connection(&plugin.key("r1"), &ResolvedConnectionParams::new("r1"))
+        .await
+        .expect("two refusals are retried within the open timeout")
+        .unwrap();
+    assert!(handle.is_alive().await.unwrap());
+    let counters = manager
+        .connection_counters_for("fault")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (counters.failed_open_calls, counters.open_calls),
+        (2, 1),
+        "{counters:?}"
+    );
+    // A permanent failure is not retried.
+    plugin.fail_next_opens("r2", 1, FailureKind::Auth);
+    let error = manager
+        .open_connection(&plugin.key("r2"), &ResolvedConnectionParams::new("r2"))
+        .await
+        .unwrap_err();
+    assert_eq!(error.failure_kind(), Some(FailureKind::Auth));
+    finish(manager, &plugin).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn handshakes_to_one_address_are_limited_whatever_the_keys() {
+    let plugin = FaultPlugin::new("fault");
+    let config = SupervisorConfig::default()
+        .factory(plugin.factory())
+        .max_handshakes_per_address(3);
+    let manager = ConnectionManager::spawn(config).await.unwrap();
+    // Twelve devices behind one terminal server: different keys, one address.
+    let mut server = ResolvedConnectionParams::new("terminal-server");
+    server.port = Some(2200);
+    let opens: Vec<_> = (0..12)
+        .map(|i| {
+            let host = format!("device{i}");
+            plugin.open_delay(&host, Duration::from_secs(1));
+            let (manager, key, params) = (manager.clone(), plugin.key(&host), server.clone());
+            tokio::spawn(async move { manager.open_connection(&key, &params).await })
+        })
+        .collect();
+    for open in opens {
+        assert!(open.await.unwrap().unwrap().is_some());
+    }
+    assert_eq!(get(&plugin.ledger().max_opens_in_flight), 3);
+    finish(manager, &plugin).await;
+}

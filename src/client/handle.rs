@@ -40,14 +40,27 @@ async fn deliver<T>(
     if actor.send_message(message).is_err() {
         return Delivery::NotTaken;
     }
-    match tokio::time::timeout_at(deadline, answer).await {
-        Ok(Ok(value)) => Delivery::Answered(value),
+    tokio::pin!(answer);
+    // The actor enforces the same deadline and answers with what the request was waiting for
+    // (its turn, an open slot, a reconnect); a moment's grace lets that answer win the race
+    // with this timer, so the caller learns the stage.
+    let answered = match tokio::time::timeout_at(deadline, &mut answer).await {
+        Ok(answered) => answered,
+        Err(_) => match tokio::time::timeout(ANSWER_GRACE, &mut answer).await {
+            Ok(answered) => answered,
+            Err(_) => return Delivery::TimedOut,
+        },
+    };
+    match answered {
+        Ok(value) => Delivery::Answered(value),
         // Every request an actor takes is answered (see the module docs): a port dropped
         // unanswered was never taken.
-        Ok(Err(_)) => Delivery::NotTaken,
-        Err(_) => Delivery::TimedOut,
+        Err(_) => Delivery::NotTaken,
     }
 }
+
+/// How long past its deadline a call waits for the actor's own answer to that deadline.
+const ANSWER_GRACE: Duration = Duration::from_millis(50);
 
 impl ConnectionHandle {
     /// Waits until this connection's status satisfies `predicate`, for at most `timeout`; for

@@ -14,7 +14,7 @@ use crate::events::{CloseReason, EventKind};
 use crate::guard::{Outcome, guarded, sync_guarded};
 use crate::runtime::internal::{Report, ReportKind, Tick, TickKind};
 use crate::runtime::messages::{ConnectionMessage, SupervisorMessage};
-use crate::shared::{Count, DirectRoute, RouteNotice};
+use crate::shared::{Count, DirectRoute, OpenFor, RouteNotice};
 use crate::status::{ConnectionState, FailureInfo};
 
 use super::ConnectionActorState;
@@ -110,24 +110,52 @@ impl ConnectionActorState {
         }
         self.params = Some(params);
         self.enter(ConnectionState::Opening, Some(EventKind::Opening));
-        match self.attempt_open(timeout).await {
-            OpenAttempt::Opened => {
-                self.opened(false);
-                Ok(())
+        let deadline = Deadline::after(timeout.unwrap_or(self.policy.timeouts.open));
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self
+                .attempt_open(Some(deadline.remaining()), OpenFor::Caller)
+                .await
+            {
+                OpenAttempt::Opened => {
+                    self.opened(false);
+                    return Ok(());
+                }
+                OpenAttempt::Failed(error, failure) => {
+                    let kind = failure.kind;
+                    self.open_failed(failure);
+                    // A refusal, reset or timeout is often a server shedding load (OpenSSH's
+                    // MaxStartups drops): try again, with backoff, while the caller still
+                    // waits. Permanent kinds and panics are not retried.
+                    let pause = self.jittered_backoff(tries);
+                    let transient = matches!(
+                        kind,
+                        FailureKind::Refused | FailureKind::Transport | FailureKind::Timeout
+                    );
+                    if transient
+                        && tries < self.policy.first_open_attempts
+                        && deadline.remaining() > pause
+                    {
+                        tokio::time::sleep(pause).await;
+                        continue;
+                    }
+                    self.enter(ConnectionState::Failed, None);
+                    self.fail_parked(|| error.clone());
+                    return Err(error);
+                }
+                OpenAttempt::Panicked(error) => return Err(error),
             }
-            OpenAttempt::Failed(error, failure) => {
-                self.open_failed(failure);
-                self.enter(ConnectionState::Failed, None);
-                self.fail_parked(|| error.clone());
-                Err(error)
-            }
-            OpenAttempt::Panicked(error) => Err(error),
         }
     }
 
     /// One open attempt with the last params: waits for an open slot and runs the plugin's
     /// `open`, both within the open timeout.
-    pub(super) async fn attempt_open(&mut self, timeout: Option<Duration>) -> OpenAttempt {
+    pub(super) async fn attempt_open(
+        &mut self,
+        timeout: Option<Duration>,
+        purpose: OpenFor,
+    ) -> OpenAttempt {
         let Some(params) = self.params.clone() else {
             let failure = FailureInfo {
                 kind: FailureKind::Unknown,
@@ -143,15 +171,40 @@ impl ConnectionActorState {
                 let _ = actor.cast(ConnectionMessage::Internal(Tick(lost)));
             }));
         let bound = timeout.unwrap_or(self.policy.timeouts.open);
+        let started = tokio::time::Instant::now();
+        // Keys of other plugins (or of this one) can point at the same server: the handshake
+        // limit is per target address, whatever the key.
+        let address = format!(
+            "{}:{}",
+            params.hostname,
+            params
+                .port
+                .map_or_else(|| self.key.plugin_name.clone(), |port| port.to_string())
+        );
         let slots = self.open_slots.clone();
+        let permit = match tokio::time::timeout(bound, slots.acquire(purpose, &address)).await {
+            Ok(permit) => permit,
+            Err(_) => {
+                self.counters.count(Count::OpenSlotTimeout);
+                let failure = FailureInfo::new(
+                    FailureKind::Timeout,
+                    format!("no open slot for {address} within {bound:?}"),
+                );
+                let error = Error::Timeout {
+                    operation: Operation::Open,
+                    key: Some(self.key.clone()),
+                    stage: Stage::OpenSlot,
+                    after: bound,
+                };
+                return OpenAttempt::Failed(error, failure);
+            }
+        };
         let connection = &mut self.connection;
         let call = async move {
-            // A closed semaphore cannot happen (the supervisor never closes it); opening
-            // without a slot would still be correct, only less polite.
-            let _slot = slots.acquire_owned().await.ok();
+            let _permit = permit;
             connection.open(&params).await
         };
-        match guarded(bound, call).await {
+        match guarded(bound.saturating_sub(started.elapsed()), call).await {
             Outcome::Done(Ok(())) => OpenAttempt::Opened,
             Outcome::Done(Err(source)) => {
                 let failure = FailureInfo {
@@ -169,7 +222,8 @@ impl ConnectionActorState {
                     kind: FailureKind::Timeout,
                     message: format!("open timed out after {after:?}"),
                 };
-                OpenAttempt::Failed(self.timed_out(Operation::Open, after), failure)
+                let _ = after;
+                OpenAttempt::Failed(self.timed_out(Operation::Open, bound), failure)
             }
             Outcome::Panicked(message) => {
                 OpenAttempt::Panicked(self.panicked(Operation::Open, message))

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{Instrument, warn};
 
@@ -38,7 +38,7 @@ use crate::guard::{Outcome, guarded};
 use crate::policy::ConnectionPolicy;
 use crate::runtime::internal::{Tick, TickKind};
 use crate::runtime::messages::{ConnectionMessage, RoutedOpen, SupervisorMessage};
-use crate::shared::{Activity, Count, PluginCounters, Published};
+use crate::shared::{Activity, Count, OpenFor, OpenSlots, PluginCounters, Published};
 use crate::status::{ConnectionState, ConnectionStatus};
 
 mod commands;
@@ -62,7 +62,7 @@ pub struct ConnectionArgs {
     pub(crate) connection: Box<dyn Connection>,
     pub(crate) supervisor: ActorRef<SupervisorMessage>,
     pub(crate) policy: ConnectionPolicy,
-    pub(crate) open_slots: Arc<Semaphore>,
+    pub(crate) open_slots: Arc<OpenSlots>,
     pub(crate) events: EventBus,
     /// Where the connection's status and direct route are published to its handles.
     pub(crate) published: watch::Sender<Published>,
@@ -88,7 +88,7 @@ pub struct ConnectionActorState {
     published: Publisher,
     supervisor: ActorRef<SupervisorMessage>,
     policy: ConnectionPolicy,
-    open_slots: Arc<Semaphore>,
+    open_slots: Arc<OpenSlots>,
     events: EventBus,
     activity: Arc<Activity>,
     counters: Arc<PluginCounters>,
@@ -98,6 +98,8 @@ pub struct ConnectionActorState {
     session: u64,
     /// Bumped whenever a reconnect is scheduled, so a stale timer does nothing.
     reconnect_generation: u64,
+    /// Bumped for every backoff drawn, so each gets its own jitter.
+    backoff_draws: u64,
     /// Requests waiting for a reconnect, with their deadlines.
     parked: VecDeque<(Deadline, Request)>,
     timers: Timers,
@@ -141,6 +143,7 @@ impl Actor for ConnectionActor {
             params: args.reopen_with,
             session: 0,
             reconnect_generation: 0,
+            backoff_draws: 0,
             parked: VecDeque::new(),
             timers: Timers::default(),
             random: RandomState::new(),
@@ -325,7 +328,7 @@ impl ConnectionActorState {
                     // reconnecting (a transient outage must not switch reconnection off), a
                     // success replays the parked requests.
                     Timers::cancel(&mut self.timers.reconnect);
-                    self.reconnect().await?;
+                    self.reconnect(OpenFor::Caller).await?;
                     let result = match self.status.state {
                         ConnectionState::Open => Ok(()),
                         _ => Err(self.unavailable()),

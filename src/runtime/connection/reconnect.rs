@@ -16,7 +16,7 @@ use crate::deadline::wall_deadline_after;
 use crate::error::{Error, Stage};
 use crate::events::EventKind;
 use crate::runtime::internal::TickKind;
-use crate::shared::Count;
+use crate::shared::{Count, OpenFor};
 use crate::status::{ConnectionState, FailureInfo};
 
 use super::ConnectionActorState;
@@ -51,11 +51,16 @@ impl ConnectionActorState {
     }
 
     pub(super) fn schedule_reconnect(&mut self) {
-        let attempt = self.status.attempts + 1;
-        let unit =
-            (self.random.hash_one(self.reconnect_generation) >> 11) as f64 / (1u64 << 53) as f64;
-        let delay = self.policy.backoff.delay(attempt, unit);
+        let delay = self.jittered_backoff(self.status.attempts + 1);
         self.schedule_reconnect_in(delay);
+    }
+
+    /// The policy's backoff before attempt `attempt`, spread by this actor's own randomness so
+    /// that hosts dropped together do not come back in lockstep.
+    pub(super) fn jittered_backoff(&mut self, attempt: u32) -> Duration {
+        self.backoff_draws = self.backoff_draws.wrapping_add(1);
+        let unit = (self.random.hash_one(self.backoff_draws) >> 11) as f64 / (1u64 << 53) as f64;
+        self.policy.backoff.delay(attempt, unit)
     }
 
     pub(super) fn schedule_reconnect_in(&mut self, delay: Duration) {
@@ -73,10 +78,12 @@ impl ConnectionActorState {
         self.timers.reconnect = Some(self.tick_after(delay, tick));
     }
 
-    pub(super) async fn reconnect(&mut self) -> Result<(), ActorProcessingErr> {
+    /// One reconnect attempt now: in the background budget when its timer fired, in the
+    /// callers' when `retry` asked for it.
+    pub(super) async fn reconnect(&mut self, purpose: OpenFor) -> Result<(), ActorProcessingErr> {
         self.timers.reconnect = None;
         self.status.next_attempt_at = None;
-        match self.attempt_open(None).await {
+        match self.attempt_open(None, purpose).await {
             OpenAttempt::Opened => {
                 self.opened(true);
                 self.replay_parked().await

@@ -12,6 +12,7 @@ use crate::events::CloseReason;
 use crate::guard::{Outcome, guarded};
 use crate::runtime::internal::{ReportKind, Tick, TickKind};
 use crate::runtime::messages::ConnectionMessage;
+use crate::shared::OpenFor;
 use crate::status::ConnectionState;
 
 use super::ConnectionActorState;
@@ -30,7 +31,7 @@ impl ConnectionActorState {
             }
             TickKind::ReconnectDue { generation } => {
                 if generation == self.reconnect_generation && self.reconnecting() {
-                    return self.reconnect().await;
+                    return self.reconnect(OpenFor::Background).await;
                 }
             }
             TickKind::HealthCheckDue => {

@@ -12,7 +12,6 @@ use std::fmt;
 use std::sync::Arc;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -22,7 +21,7 @@ use crate::error::Error;
 use crate::events::{CloseReason, EventBus};
 use crate::runtime::internal::{Report, ReportKind};
 use crate::runtime::messages::SupervisorMessage;
-use crate::shared::PluginCounters;
+use crate::shared::{OpenSlots, PluginCounters};
 use crate::status::{ConnectionState, ConnectionStatus};
 
 mod limits;
@@ -64,7 +63,7 @@ pub struct SupervisorState {
     /// Recent restart times per key, for the restart intensity.
     restarts: HashMap<ConnectionKey, VecDeque<Instant>>,
     events: EventBus,
-    open_slots: Arc<Semaphore>,
+    open_slots: Arc<OpenSlots>,
     epoch: Instant,
     next_id: u64,
     shutting_down: bool,
@@ -84,7 +83,10 @@ impl Actor for ConnectionSupervisor {
         Ok(SupervisorState {
             myself,
             events: EventBus::new(config.event_capacity),
-            open_slots: Arc::new(Semaphore::new(config.max_concurrent_opens)),
+            open_slots: Arc::new(OpenSlots::new(
+                config.max_concurrent_opens,
+                config.max_handshakes_per_address,
+            )),
             config,
             pool: HashMap::new(),
             children: HashMap::new(),
