@@ -251,6 +251,7 @@ impl SshTestServer {
             open_channels: Gauge::default(),
             running_commands: Gauge::default(),
             signals: AtomicU64::new(0),
+            channels_opened: AtomicU64::new(0),
             sessions: Mutex::new(HashMap::new()),
             session_ended: Notify::new(),
             next_session_id: AtomicU64::new(0),
@@ -399,6 +400,12 @@ impl SshTestServer {
         self.shared.open_channels.count()
     }
 
+    /// Number of channels opened since the server was created, on every connection: accepted,
+    /// or to be accepted once [`Self::set_channel_open_latency`]'s delay has passed.
+    pub fn channels_opened(&self) -> u64 {
+        self.shared.channels_opened.load(Ordering::SeqCst)
+    }
+
     /// Number of commands still running, on every connection.
     pub fn running_command_count(&self) -> usize {
         self.shared.running_commands.count()
@@ -506,6 +513,7 @@ struct Shared {
     open_channels: Gauge,
     running_commands: Gauge,
     signals: AtomicU64,
+    channels_opened: AtomicU64,
     /// A duplicate of each live connection's socket, by session id, so the server can kill
     /// connections that russh owns.
     sessions: Mutex<HashMap<u64, std::net::TcpStream>>,
@@ -710,6 +718,7 @@ impl server::Handler for SessionHandler {
         // the channel object itself is not kept.
         self.channels
             .opened(channel.id(), self.shared.open_channels.enter());
+        self.shared.channels_opened.fetch_add(1, Ordering::SeqCst);
         let latency = self.shared.channel_open_latency();
         if latency.is_zero() {
             reply.accept().await;
