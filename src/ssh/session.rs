@@ -82,7 +82,7 @@ impl Connection for SshConnection {
 
         let addrs: Vec<_> = tokio::net::lookup_host((host, port))
             .await
-            .map_err(|e| OpenError::new(FailureKind::Dns, format!("cannot resolve {host}: {e}")))?
+            .map_err(|e| classify_lookup(&e, host))?
             .collect();
         let stream = connect_any(&addrs, host, port).await?;
         let _ = stream.set_nodelay(true);
@@ -219,6 +219,32 @@ async fn connect_any(
     })
 }
 
+/// A failed name lookup. The resolver's error reaches us only as an `io::Error` whose kind is
+/// uncategorised and whose message is `getaddrinfo`'s text (`gai_strerror`), so the message is
+/// all there is to tell "no such host" (permanent: [`FailureKind::Dns`]) from "the name servers
+/// did not answer" (`EAI_AGAIN`, transient: [`FailureKind::Timeout`], retried with backoff).
+/// On Unix, `EAI_SYSTEM` arrives as the OS error itself (a local failure, also transient).
+fn classify_lookup(error: &io::Error, host: &str) -> OpenError {
+    let text = error.to_string().to_ascii_lowercase();
+    let transient = matches!(
+        error.kind(),
+        io::ErrorKind::TimedOut | io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+    ) || (cfg!(unix) && error.raw_os_error().is_some())
+        // glibc and macOS: "Temporary failure in name resolution"; musl: "Try again"; Windows
+        // (whose lookup errors are all OS errors): "This is usually a temporary error ...".
+        || text.contains("temporary failure")
+        || text.contains("temporary error")
+        || text.contains("try again");
+    if transient {
+        OpenError::new(
+            FailureKind::Timeout,
+            format!("cannot resolve {host} for now (a temporary DNS failure): {error}"),
+        )
+    } else {
+        OpenError::new(FailureKind::Dns, format!("cannot resolve {host}: {error}"))
+    }
+}
+
 fn classify_io(error: &io::Error, host: &str, port: u16) -> OpenError {
     let kind = match error.kind() {
         io::ErrorKind::ConnectionRefused => FailureKind::Refused,
@@ -242,5 +268,43 @@ fn classify(error: &russh::Error, host: &str, port: u16) -> OpenError {
             FailureKind::Transport,
             format!("ssh handshake with {host}:{port} failed: {error}"),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What std's `lookup_host` returns for a `getaddrinfo` failure other than `EAI_SYSTEM`.
+    fn gai(detail: &str) -> io::Error {
+        io::Error::other(format!("failed to lookup address information: {detail}"))
+    }
+
+    #[test]
+    fn a_temporary_dns_failure_is_transient_and_an_unknown_host_is_not() {
+        let transient = [
+            gai("Temporary failure in name resolution"), // glibc EAI_AGAIN
+            gai("Try again"),                            // musl EAI_AGAIN
+            gai("temporary failure in name resolution"), // macOS EAI_AGAIN
+            io::Error::from_raw_os_error(24),            // EAI_SYSTEM: EMFILE
+            io::Error::from(io::ErrorKind::TimedOut),
+        ];
+        for error in &transient {
+            let failure = classify_lookup(error, "r1.example");
+            assert_eq!(failure.kind(), FailureKind::Timeout, "{error}");
+            assert!(!failure.kind().is_permanent());
+            assert!(failure.message().contains("r1.example"), "{failure}");
+        }
+        let unknown = [
+            gai("Name or service not known"),           // glibc EAI_NONAME
+            gai("No address associated with hostname"), // glibc EAI_NODATA
+            gai("Name does not resolve"),               // musl EAI_NONAME
+            gai("nodename nor servname provided, or not known"), // macOS EAI_NONAME
+        ];
+        for error in &unknown {
+            let failure = classify_lookup(error, "r1.example");
+            assert_eq!(failure.kind(), FailureKind::Dns, "{error}");
+            assert!(failure.message().contains("r1.example"), "{failure}");
+        }
     }
 }
