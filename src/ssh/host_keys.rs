@@ -1,7 +1,8 @@
 //! russh's per-session callbacks: host-key verification against the policy, and the loss
 //! report when the session ends.
 
-use std::path::PathBuf;
+use std::io;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -31,41 +32,68 @@ impl ClientHandler {
     fn verify(&self, key: &PublicKey) -> Result<(), String> {
         let (host, port) = (self.host.as_str(), self.port);
         let fingerprint = key.fingerprint(HashAlg::Sha256);
-        let check = |path: &PathBuf| russh::keys::check_known_hosts_path(host, port, key, path);
-        match &self.policy {
-            HostKeyPolicy::AcceptAny => Ok(()),
-            HostKeyPolicy::Strict(path) => match check(path) {
-                Ok(true) => Ok(()),
-                Ok(false) => Err(format!(
-                    "host key {fingerprint} of {host}:{port} is not in {}",
-                    path.display()
-                )),
-                Err(russh::keys::Error::KeyChanged { line }) => Err(format!(
-                    "host key of {host}:{port} CHANGED: {fingerprint} does not match line {line} of {}",
-                    path.display()
-                )),
-                Err(error) => Err(format!(
-                    "cannot check the host key of {host}:{port} against {}: {error}",
-                    path.display()
-                )),
-            },
-            HostKeyPolicy::AcceptNew(path) => match check(path) {
-                Ok(true) => Ok(()),
-                Err(russh::keys::Error::KeyChanged { line }) => Err(format!(
-                    "host key of {host}:{port} CHANGED: {fingerprint} does not match line {line} of {}",
-                    path.display()
-                )),
-                // Unknown host (or no file yet): trust on first use.
-                Ok(false) | Err(_) => {
-                    russh::keys::known_hosts::learn_known_hosts_path(host, port, key, path)
-                        .map_err(|error| {
-                            format!("cannot record the host key in {}: {error}", path.display())
-                        })?;
-                    info!(%host, port, %fingerprint, "recorded a new host key");
-                    Ok(())
-                }
-            },
+        let path = match &self.policy {
+            HostKeyPolicy::AcceptAny => return Ok(()),
+            HostKeyPolicy::Strict(path) | HostKeyPolicy::AcceptNew(path) => path,
+        };
+        let known = lookup(host, port, key, path).map_err(|problem| match problem {
+            Lookup::Changed { line } => format!(
+                "host key of {host}:{port} CHANGED: {fingerprint} does not match line {line} of {}",
+                path.display()
+            ),
+            Lookup::Unreadable(reason) => {
+                format!("cannot check the host key of {host}:{port}: {reason}")
+            }
+        })?;
+        match (known, &self.policy) {
+            (true, _) => Ok(()),
+            // Unknown host (or no file yet): trust on first use.
+            (false, HostKeyPolicy::AcceptNew(_)) => {
+                russh::keys::known_hosts::learn_known_hosts_path(host, port, key, path).map_err(
+                    |error| format!("cannot record the host key in {}: {error}", path.display()),
+                )?;
+                info!(%host, port, %fingerprint, "recorded a new host key");
+                Ok(())
+            }
+            (false, _) => Err(format!(
+                "host key {fingerprint} of {host}:{port} is not in {}",
+                path.display()
+            )),
         }
+    }
+}
+
+/// Why a known_hosts file gave no answer.
+enum Lookup {
+    /// Another key of the same type is recorded for the host, on this line.
+    Changed { line: usize },
+    /// The file, or the host's entries in it, cannot be read; the reason names the path.
+    Unreadable(String),
+}
+
+/// Whether `key` is recorded for `host:port` in the known_hosts file at `path`. A missing file
+/// records nothing; any other failure to read it is an error, never "unknown host": with
+/// `AcceptNew` that would trust whatever key the server shows.
+fn lookup(host: &str, port: u16, key: &PublicKey, path: &Path) -> Result<bool, Lookup> {
+    // russh reads a file it cannot open (permission denied, ...) as an empty one, so find out
+    // first whether it can be read at all.
+    match std::fs::read(path) {
+        Ok(_) => {}
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(error) => {
+            return Err(Lookup::Unreadable(format!(
+                "cannot read {}: {error}",
+                path.display()
+            )));
+        }
+    }
+    match russh::keys::check_known_hosts_path(host, port, key, path) {
+        Ok(known) => Ok(known),
+        Err(russh::keys::Error::KeyChanged { line }) => Err(Lookup::Changed { line }),
+        Err(error) => Err(Lookup::Unreadable(format!(
+            "cannot read the entries for {host}:{port} in {}: {error}",
+            path.display()
+        ))),
     }
 }
 
