@@ -1,5 +1,5 @@
 //! russh's per-session callbacks: host-key verification against the policy, and the loss
-//! report when the session ends.
+//! report when the session ends (or can no longer be used, see [`Liveness`]).
 
 use std::io;
 use std::path::Path;
@@ -17,6 +17,50 @@ use super::options::HostKeyPolicy;
 /// The session type every SSH connection holds.
 pub(super) type Session = client::Handle<ClientHandler>;
 
+/// Whether one session is still usable, shared by the connection, its command runner and
+/// russh's callbacks, and who is told when it stops being usable.
+pub(super) struct Liveness {
+    alive: AtomicBool,
+    notifier: Option<LossNotifier>,
+}
+
+impl Liveness {
+    /// A session just opened, whose loss `notifier` reports.
+    pub(super) fn new(notifier: Option<LossNotifier>) -> Self {
+        Self {
+            alive: AtomicBool::new(true),
+            notifier,
+        }
+    }
+
+    /// No session (not opened yet).
+    pub(super) fn none() -> Self {
+        Self {
+            alive: AtomicBool::new(false),
+            notifier: None,
+        }
+    }
+
+    pub(super) fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::SeqCst)
+    }
+
+    /// The session can no longer be used: reported once, with the first reason, so the
+    /// supervisor reconnects.
+    pub(super) fn lost(&self, reason: impl Into<String>) {
+        if self.alive.swap(false, Ordering::SeqCst)
+            && let Some(notifier) = &self.notifier
+        {
+            notifier.connection_lost(reason);
+        }
+    }
+
+    /// We are ending the session ourselves: not a loss, so nobody is told.
+    pub(super) fn closed(&self) {
+        self.alive.store(false, Ordering::SeqCst);
+    }
+}
+
 /// russh's per-session callbacks: host-key verification and loss reporting.
 pub(super) struct ClientHandler {
     pub(super) host: String,
@@ -24,8 +68,7 @@ pub(super) struct ClientHandler {
     pub(super) policy: HostKeyPolicy,
     /// Why the host key was refused, for a clear error (russh only says "unknown key").
     pub(super) refusal: Arc<Mutex<Option<String>>>,
-    pub(super) alive: Arc<AtomicBool>,
-    pub(super) notifier: Option<LossNotifier>,
+    pub(super) liveness: Arc<Liveness>,
 }
 
 impl ClientHandler {
@@ -127,16 +170,13 @@ impl client::Handler for ClientHandler {
         reason: DisconnectReason<Self::Error>,
     ) -> Result<(), Self::Error> {
         // Report, don't propagate: the supervisor decides what a loss means.
-        self.alive.store(false, Ordering::SeqCst);
         let reason = match reason {
             DisconnectReason::ReceivedDisconnect(info) => {
                 format!("the server disconnected: {info:?}")
             }
             DisconnectReason::Error(error) => format!("the session ended: {error}"),
         };
-        if let Some(notifier) = &self.notifier {
-            notifier.connection_lost(reason);
-        }
+        self.liveness.lost(reason);
         Ok(())
     }
 }

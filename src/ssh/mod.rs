@@ -29,14 +29,16 @@
 //! [`Connection`] and [`CommandRunner`](crate::CommandRunner).
 //!
 //! Files: `options.rs` (what can be set), `session.rs` (the connection and its command
-//! runner), `auth.rs` (credentials and authentication), `host_keys.rs` (russh's callbacks:
-//! host-key checks and loss reports).
+//! runner), `channel.rs` (one command on its channel, and the channel's cleanup when the
+//! command is abandoned), `auth.rs` (credentials and authentication), `host_keys.rs` (russh's
+//! callbacks: host-key checks and loss reports).
 
 use std::sync::Arc;
 
 use crate::connection::{Connection, ConnectionFactory, ConnectionKey};
 
 mod auth;
+mod channel;
 mod host_keys;
 mod options;
 mod session;
