@@ -25,6 +25,12 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Each command runs on a channel of its own. A command that runs out of time, or whose
+//! caller's future is dropped, does not leave its channel behind: the remote process is sent
+//! `TERM` (OpenSSH honours the `signal` request since 7.9) and the channel is closed, so
+//! abandoned commands cannot fill the server's channel limit (OpenSSH's `MaxSessions`). A
+//! session on which the server refuses a channel is reported lost and reconnected.
+//!
 //! The core knows nothing of SSH: this module only implements
 //! [`Connection`] and [`CommandRunner`](crate::CommandRunner).
 //!
