@@ -75,12 +75,15 @@ async fn open(server: &SshTestServer) -> (ConnectionManager, EventStream, Connec
     (manager, events, handle)
 }
 
-/// Waits until `abandoned` channels were signalled and nothing is left open or running.
-async fn wait_cleaned_up(server: &SshTestServer, abandoned: u64) {
+/// Waits until the server has seen `opened` channels in all, and none of them is still open
+/// nor its command running. (A command abandoned before its channel was even confirmed opens
+/// the channel late and closes it, so the total must be reached before "none open" means
+/// anything.)
+async fn wait_cleaned_up(server: &SshTestServer, opened: u64) {
     wait_until(
-        &format!("{abandoned} signals, no channel open, no command running"),
+        &format!("{opened} channels opened, none left open, no command running"),
         || {
-            server.signals_received() == abandoned
+            server.channels_opened() == opened
                 && server.open_channel_count() == 0
                 && server.running_command_count() == 0
         },
@@ -124,6 +127,9 @@ async fn ten_timed_out_commands_leave_no_channel_and_the_next_command_works() {
         assert!(matches!(error, Error::Timeout { .. }), "{error:?}");
     }
     wait_cleaned_up(&server, 10).await;
+    // Each `cat` that had started was signalled (on a loaded machine a bound can run out
+    // before the command started: then there is nothing to signal).
+    assert!(server.signals_received() <= 10);
     still_usable(&manager, &handle, &server).await;
     manager.shutdown().await.unwrap();
 }
@@ -138,7 +144,8 @@ async fn a_command_whose_caller_goes_away_closes_its_channel() {
     assert!(gave_up.is_err(), "{gave_up:?}");
     wait_cleaned_up(&server, 1).await;
 
-    // The caller's task aborted while the command runs on the device.
+    // The caller's task aborted while the command runs on the device: signalled, and closed.
+    let signals = server.signals_received();
     let caller = tokio::spawn({
         let handle = handle.clone();
         async move { handle.execute_command("cat").await }
@@ -147,6 +154,7 @@ async fn a_command_whose_caller_goes_away_closes_its_channel() {
     caller.abort();
     assert!(caller.await.unwrap_err().is_cancelled());
     wait_cleaned_up(&server, 2).await;
+    assert_eq!(server.signals_received(), signals + 1);
 
     still_usable(&manager, &handle, &server).await;
     manager.shutdown().await.unwrap();
