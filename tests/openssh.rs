@@ -619,6 +619,55 @@ async fn timed_out_commands_leave_no_process_and_no_channel_behind() {
     manager.shutdown().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_right_after_a_burst_of_timed_out_ones_are_not_refused() {
+    let Some((_lock, fx)) =
+        setup("commands_right_after_a_burst_of_timed_out_ones_are_not_refused").await
+    else {
+        return;
+    };
+    let (manager, _events) = manager(fx.strict_options()).await;
+    let handle = manager
+        .open_connection(&key(), &fx.password_params())
+        .await
+        .unwrap()
+        .unwrap();
+    let marker = format!("cs-burst-sleep-{}", std::process::id());
+    let _cleanup = KillOnDrop {
+        user: fx.user.clone(),
+        markers: vec![marker.clone()],
+    };
+    let slow = format!("exec -a {marker} sleep 600");
+    // Eight commands (the plugin's channel limit) time out together and eight more follow at
+    // once. sshd frees a session's place in MaxSessions (10) only once its process is reaped,
+    // a moment after the signal: the followers must wait for that, not be refused.
+    for round in 0..3 {
+        let runs = (0..8).map(|_| handle.execute_command_within(&slow, Duration::from_millis(300)));
+        for result in futures::future::join_all(runs).await {
+            assert!(
+                matches!(result, Err(Error::Timeout { .. })),
+                "{round}: {result:?}"
+            );
+        }
+        let runs = (0..8).map(|_| handle.execute_command("echo next"));
+        for result in futures::future::join_all(runs).await {
+            assert_eq!(result.unwrap(), "next\n", "round {round}");
+        }
+    }
+    let deadline = Instant::now() + WAIT;
+    while !processes(&fx.user, &marker).is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(processes(&fx.user, &marker), Vec::<u32>::new());
+    let counters = ssh_counters(&manager).await;
+    assert_eq!(
+        (counters.open_calls, counters.losses),
+        (1, 0),
+        "one session throughout: {counters:?}"
+    );
+    manager.shutdown().await.unwrap();
+}
+
 /// A fresh directory under the temp dir for one test's files.
 fn tempdir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("cs-openssh-{}-{tag}", std::process::id()));

@@ -160,6 +160,40 @@ async fn a_command_whose_caller_goes_away_closes_its_channel() {
     manager.shutdown().await.unwrap();
 }
 
+/// Runs `command` on `handle` `count` times at once, each within `bound`.
+async fn at_once(
+    handle: &ConnectionHandle,
+    count: usize,
+    command: &str,
+    bound: Duration,
+) -> Vec<Result<String, Error>> {
+    let runs = (0..count).map(|_| handle.execute_command_within(command, bound));
+    futures::future::join_all(runs).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_right_after_a_burst_of_timed_out_ones_find_room() {
+    let server = device().await;
+    let (manager, _events, handle) = open(&server).await;
+
+    // Eight commands (the plugin's channel limit) time out together and eight more follow at
+    // once: with 10 channels per connection, they fit only if the first eight made room.
+    for round in 0..5 {
+        for result in at_once(&handle, 8, "cat", SHORT).await {
+            assert!(
+                matches!(result, Err(Error::Timeout { .. })),
+                "{round}: {result:?}"
+            );
+        }
+        for result in at_once(&handle, 8, "echo next", WAIT).await {
+            assert_eq!(result.unwrap(), "next\n", "round {round}");
+        }
+    }
+    wait_cleaned_up(&server, 80).await;
+    still_usable(&manager, &handle, &server).await;
+    manager.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_that_times_out_while_its_channel_opens_closes_it_once_open() {
     let server = device().await;

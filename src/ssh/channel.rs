@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use russh::client::Msg;
@@ -18,8 +18,19 @@ use crate::connection::{CommandError, CommandOutput};
 use super::host_keys::{Liveness, Session};
 
 /// Bound on cleaning up after an abandoned command: finishing its channel's open, if it was
-/// under way, then the signal, EOF and close.
+/// under way, then the signal and the close.
 const CLEANUP_BOUND: Duration = Duration::from_secs(10);
+
+/// The pauses before opening a refused channel again, before the session is given up on. A
+/// server frees the place of a channel we closed only once its process is gone (OpenSSH reaps
+/// the child first), so a command that closely follows abandoned ones can be refused for a
+/// moment by a session that is fine.
+const REFUSAL_RETRIES: [Duration; 4] = [
+    Duration::from_millis(10),
+    Duration::from_millis(50),
+    Duration::from_millis(200),
+    Duration::from_millis(500),
+];
 
 /// Runs `command` on a new channel of `session`. A session that cannot open a channel is
 /// reported lost through `liveness`.
@@ -28,10 +39,10 @@ pub(super) async fn run(
     liveness: &Liveness,
     command: &str,
 ) -> Result<CommandOutput, CommandError> {
-    let channel = PendingOpen::new(session.clone()).await.map_err(|error| {
-        // A server that refuses channels on a session that used to take them (its channel
-        // limit reached, by channels of ours it still counts, or its own trouble) will not run
-        // another command on it: a new session starts from a clean slate.
+    let channel = open(session).await.map_err(|error| {
+        // A server that keeps refusing channels on a session that used to take them (its
+        // channel limit reached, by channels of ours it still counts, or its own trouble) will
+        // not run another command on it: a new session starts from a clean slate.
         let reason = format!("cannot open a channel: {error}");
         liveness.lost(reason.clone());
         CommandError::ConnectionLost(reason)
@@ -76,6 +87,22 @@ pub(super) async fn run(
     })
 }
 
+/// Opens a channel, trying again a few times while the server refuses it.
+async fn open(session: &Arc<Session>) -> Result<Channel<Msg>, russh::Error> {
+    let mut pauses = REFUSAL_RETRIES.iter();
+    loop {
+        let refusal = match PendingOpen::new(session.clone()).await {
+            Err(refusal @ russh::Error::ChannelOpenFailure(_)) => refusal,
+            opened => return opened,
+        };
+        let Some(pause) = pauses.next() else {
+            return Err(refusal);
+        };
+        debug!("channel refused ({refusal}), trying again in {pause:?}");
+        tokio::time::sleep(*pause).await;
+    }
+}
+
 /// A command's channel, owned until the channel is gone. Dropped before that, the command was
 /// abandoned: the channel is cleaned up (see [`abandon`]) on a task of its own, since `Drop`
 /// cannot wait.
@@ -109,7 +136,7 @@ impl CommandChannel {
 impl Drop for CommandChannel {
     fn drop(&mut self) {
         if let Some(channel) = self.channel.take() {
-            spawn_cleanup(abandon(channel, self.started));
+            clean_up(Box::pin(abandon(channel, self.started)));
         }
     }
 }
@@ -121,13 +148,24 @@ async fn abandon(channel: Channel<Msg>, started: bool) {
     // kills the command's process group with it; closing alone ends only commands that stop
     // when their stdin or stdout goes (`cat`), while a `sleep` keeps running, keeps its place
     // in MaxSessions, and outlives even the connection. Not without a command: OpenSSH logs
-    // an error for a signal to a session with no process. Errors only mean the session is
-    // gone, and the channel with it.
+    // an error for a signal to a session with no process. No EOF: the close ends the input
+    // too. Errors only mean the session is gone, and the channel with it.
     if started {
         let _ = channel.signal(Sig::TERM).await;
     }
-    let _ = channel.eof().await;
     let _ = channel.close().await;
+}
+
+/// Runs `cleanup` right now as far as it gets without waiting, so its messages are queued on
+/// the session before anything the caller does next: the next command's channel open should
+/// not overtake the close that makes room for it. What cannot go at once (russh queues 10
+/// messages per session) runs on a task of its own; the next open then may be refused for a
+/// moment, which [`REFUSAL_RETRIES`] absorbs.
+fn clean_up(mut cleanup: Pin<Box<dyn Future<Output = ()> + Send>>) {
+    let mut now = Context::from_waker(Waker::noop());
+    if cleanup.as_mut().poll(&mut now).is_pending() {
+        spawn_cleanup(cleanup);
+    }
 }
 
 /// Runs `cleanup` on the current runtime, bounded by [`CLEANUP_BOUND`].
