@@ -1,7 +1,7 @@
 //! One command on a channel of its own, and what becomes of the channel when the command's
 //! caller stops waiting (its bound ran out, or its future was dropped): the remote process is
-//! signalled and the channel closed, from a task of its own. Left open, abandoned channels use
-//! up the server's channels (OpenSSH's `MaxSessions`, 10) until no command can run at all.
+//! signalled and the channel closed, without waiting in `Drop`. Left open, abandoned channels
+//! use up the server's channels (OpenSSH's `MaxSessions`, 10) until no command can run at all.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -104,8 +104,7 @@ async fn open(session: &Arc<Session>) -> Result<Channel<Msg>, russh::Error> {
 }
 
 /// A command's channel, owned until the channel is gone. Dropped before that, the command was
-/// abandoned: the channel is cleaned up (see [`abandon`]) on a task of its own, since `Drop`
-/// cannot wait.
+/// abandoned: the channel is cleaned up (see [`abandon`] and [`clean_up`]).
 struct CommandChannel {
     /// `None` once the channel is gone and nothing is left to clean up.
     channel: Option<Channel<Msg>>,
