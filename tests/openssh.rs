@@ -499,6 +499,175 @@ async fn a_killed_server_is_reported_lost_and_reconnected_when_it_returns() {
     manager.shutdown().await.unwrap();
 }
 
+/// The processes of `user` whose argv[0] is `marker` (a command run as `exec -a MARKER ...`,
+/// so that concurrent runs of this test never see each other's), read from /proc: the server
+/// is on this machine.
+fn processes(user: &str, marker: &str) -> Vec<u32> {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    let uid = passwd
+        .lines()
+        .map(|line| line.split(':').collect::<Vec<_>>())
+        .find(|fields| fields.first() == Some(&user))
+        .and_then(|fields| fields.get(2).map(|uid| uid.to_string()))
+        .unwrap_or_else(|| panic!("no user {user} in /etc/passwd"));
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // Processes come and go while we look: one that is gone is not there.
+        let (Ok(cmdline), Ok(status)) = (
+            std::fs::read(entry.path().join("cmdline")),
+            std::fs::read_to_string(entry.path().join("status")),
+        ) else {
+            continue;
+        };
+        let argv0 = cmdline.split(|&b| b == 0).next().unwrap_or_default();
+        let real_uid = status
+            .lines()
+            .find_map(|line| line.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().next());
+        if argv0 == marker.as_bytes() && real_uid == Some(uid.as_str()) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Kills what a failed run of the test left behind, so a `sleep` does not outlive it.
+struct KillOnDrop {
+    user: String,
+    markers: Vec<String>,
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for marker in &self.markers {
+            for pid in processes(&self.user, marker) {
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timed_out_commands_leave_no_process_and_no_channel_behind() {
+    let Some((_lock, fx)) =
+        setup("timed_out_commands_leave_no_process_and_no_channel_behind").await
+    else {
+        return;
+    };
+    let (manager, _events) = manager(fx.strict_options()).await;
+    let handle = manager
+        .open_connection(&key(), &fx.password_params())
+        .await
+        .unwrap()
+        .unwrap();
+    // `cat` waits for stdin, which the plugin never sends, and ends when its channel closes;
+    // `sleep` ends only when signalled. sshd allows 10 channels per connection (MaxSessions),
+    // so ten left behind would make every later command fail.
+    let programs = ["cat", "sleep 600"];
+    let markers: Vec<String> = programs
+        .iter()
+        .map(|program| {
+            let name = program.split(' ').next().unwrap_or_default();
+            format!("cs-abandoned-{name}-{}", std::process::id())
+        })
+        .collect();
+    let _cleanup = KillOnDrop {
+        user: fx.user.clone(),
+        markers: markers.clone(),
+    };
+    for (program, marker) in programs.iter().zip(&markers) {
+        let command = format!("exec -a {marker} {program}");
+        for _ in 0..10 {
+            let error = handle
+                .execute_command_within(&command, Duration::from_millis(300))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(error, Error::Timeout { .. }),
+                "{program}: {error:?}"
+            );
+        }
+        // sshd publishes nothing when a process ends: look at the machine (bounded).
+        let deadline = Instant::now() + WAIT;
+        let mut left = processes(&fx.user, marker);
+        while !left.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            left = processes(&fx.user, marker);
+        }
+        assert!(left.is_empty(), "{program}: still running: {left:?}");
+        assert_eq!(
+            handle.execute_command("echo next").await.unwrap(),
+            "next\n",
+            "{program}"
+        );
+    }
+    let counters = ssh_counters(&manager).await;
+    assert_eq!(
+        (counters.open_calls, counters.losses),
+        (1, 0),
+        "one session throughout: {counters:?}"
+    );
+    manager.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_right_after_a_burst_of_timed_out_ones_are_not_refused() {
+    let Some((_lock, fx)) =
+        setup("commands_right_after_a_burst_of_timed_out_ones_are_not_refused").await
+    else {
+        return;
+    };
+    let (manager, _events) = manager(fx.strict_options()).await;
+    let handle = manager
+        .open_connection(&key(), &fx.password_params())
+        .await
+        .unwrap()
+        .unwrap();
+    let marker = format!("cs-burst-sleep-{}", std::process::id());
+    let _cleanup = KillOnDrop {
+        user: fx.user.clone(),
+        markers: vec![marker.clone()],
+    };
+    let slow = format!("exec -a {marker} sleep 600");
+    // Eight commands (the plugin's channel limit) time out together and eight more follow at
+    // once. sshd frees a session's place in MaxSessions (10) only once its process is reaped,
+    // a moment after the signal: the followers must wait for that, not be refused.
+    for round in 0..3 {
+        let runs = (0..8).map(|_| handle.execute_command_within(&slow, Duration::from_millis(300)));
+        for result in futures::future::join_all(runs).await {
+            assert!(
+                matches!(result, Err(Error::Timeout { .. })),
+                "{round}: {result:?}"
+            );
+        }
+        let runs = (0..8).map(|_| handle.execute_command("echo next"));
+        for result in futures::future::join_all(runs).await {
+            assert_eq!(result.unwrap(), "next\n", "round {round}");
+        }
+    }
+    let deadline = Instant::now() + WAIT;
+    while !processes(&fx.user, &marker).is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(processes(&fx.user, &marker), Vec::<u32>::new());
+    let counters = ssh_counters(&manager).await;
+    assert_eq!(
+        (counters.open_calls, counters.losses),
+        (1, 0),
+        "one session throughout: {counters:?}"
+    );
+    manager.shutdown().await.unwrap();
+}
+
 /// A fresh directory under the temp dir for one test's files.
 fn tempdir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("cs-openssh-{}-{tag}", std::process::id()));

@@ -211,6 +211,86 @@ async fn accept_new_records_an_unknown_key_and_refuses_a_changed_one() {
     manager.shutdown().await.unwrap();
 }
 
+/// What is at `path`, to tell whether anything was written there: a file's size and
+/// modification time (its bytes may be unreadable), or a directory's entries.
+fn snapshot(path: &std::path::Path) -> String {
+    let metadata = std::fs::metadata(path).unwrap();
+    if metadata.is_dir() {
+        let mut names: Vec<_> = std::fs::read_dir(path)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        names.sort();
+        format!("{names:?}")
+    } else {
+        format!(
+            "{} bytes, {:?}",
+            metadata.len(),
+            metadata.modified().unwrap()
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accept_new_refuses_when_the_known_hosts_file_cannot_be_read() {
+    let server = device("r1").await;
+    let port = server.port();
+    let dir = scratch_dir();
+    // An entry for this very host that cannot be parsed: its key is unknowable, not unknown.
+    let corrupt = dir.join("known_hosts_corrupt");
+    std::fs::write(
+        &corrupt,
+        format!("[127.0.0.1]:{port} ssh-ed25519 AAAA-not-a-key\n"),
+    )
+    .unwrap();
+    let not_utf8 = dir.join("known_hosts_not_utf8");
+    std::fs::write(&not_utf8, b"\xff\xfe[127.0.0.1] garbage\n").unwrap();
+    let folder = dir.join("kh");
+    std::fs::create_dir(&folder).unwrap();
+    // Each with what the message must say about why.
+    let mut cases = vec![
+        ("corrupt entry", corrupt, "invalid"),
+        ("not UTF-8", not_utf8, "UTF-8"),
+        ("a directory", folder, "Is a directory"),
+    ];
+    // Unreadable by mode: only meaningful when not running as root, which reads it anyway.
+    let unreadable = dir.join("known_hosts_unreadable");
+    std::fs::write(&unreadable, "").unwrap();
+    std::fs::set_permissions(
+        &unreadable,
+        std::os::unix::fs::PermissionsExt::from_mode(0o200),
+    )
+    .unwrap();
+    if std::fs::read(&unreadable).is_err() {
+        cases.push(("permission denied", unreadable, "Permission denied"));
+    }
+
+    for (case, path, reason) in cases {
+        let before = snapshot(&path);
+        let (manager, _) = manager(options(HostKeyPolicy::AcceptNew(path.clone()))).await;
+        let error = manager
+            .open_connection(&key("r1"), &params(&server))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            error.failure_kind(),
+            Some(FailureKind::HostKey),
+            "{case}: {error}"
+        );
+        let message = error.to_string();
+        assert!(
+            message.contains(&path.display().to_string()),
+            "{case}: the path is not named: {message}"
+        );
+        assert!(
+            message.contains("cannot read") && message.contains(reason),
+            "{case}: the reason ({reason}) is not given: {message}"
+        );
+        assert_eq!(snapshot(&path), before, "{case}: something was written");
+        manager.shutdown().await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn public_key_auth_from_options_or_from_the_hosts_extras() {
     let client_key = generate_ed25519_key().unwrap();

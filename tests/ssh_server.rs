@@ -447,3 +447,157 @@ async fn no_task_outlives_the_server_or_a_stop() {
         }
     }
 }
+
+/// Waits until nothing is open or running on `server` (the server publishes no event for a
+/// channel or a command ending).
+async fn wait_nothing_left(server: &SshTestServer) {
+    poll_until("no channel open and no command running", async || {
+        server.open_channel_count() == 0 && server.running_command_count() == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn cat_echoes_its_stdin_once_it_ends_and_channels_are_counted() {
+    let server = default_server().await;
+    let conn = login_password(server.addr(), DEFAULT_USERNAME, DEFAULT_PASSWORD).await;
+    let mut channel = conn.handle.channel_open_session().await.unwrap();
+    channel.exec(true, "cat").await.unwrap();
+    channel.data_bytes(&b"hello "[..]).await.unwrap();
+    channel.data_bytes(&b"there\n"[..]).await.unwrap();
+    // Still reading: the command runs and its channel is open until the client sends EOF.
+    poll_until("cat running", async || server.running_command_count() == 1).await;
+    assert_eq!(server.open_channel_count(), 1);
+
+    channel.eof().await.unwrap();
+    let mut stdout = Vec::new();
+    let mut exit_status = None;
+    while let Some(message) = channel.wait().await {
+        match message {
+            russh::ChannelMsg::Data { data } => stdout.extend_from_slice(&data),
+            russh::ChannelMsg::ExitStatus { exit_status: code } => exit_status = Some(code),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        (stdout.as_slice(), exit_status),
+        (&b"hello there\n"[..], Some(0))
+    );
+    wait_nothing_left(&server).await;
+    assert_eq!(server.signals_received(), 0);
+}
+
+#[tokio::test]
+async fn closing_a_channel_stops_its_command() {
+    let server = default_server().await;
+    let conn = login_password(server.addr(), DEFAULT_USERNAME, DEFAULT_PASSWORD).await;
+    let channel = conn.handle.channel_open_session().await.unwrap();
+    channel.exec(true, "sleep 60000").await.unwrap();
+    poll_until("sleep running", async || {
+        server.running_command_count() == 1
+    })
+    .await;
+
+    // russh's client never tells a channel that the server confirmed its own close, so the
+    // server's count is what shows the close landed.
+    channel.close().await.unwrap();
+    wait_nothing_left(&server).await;
+    // The session is unharmed.
+    assert_eq!(exec(&conn.handle, "echo on").await.stdout, "on\n");
+}
+
+#[tokio::test]
+async fn a_signal_kills_the_command_and_ends_its_channel() {
+    let server = default_server().await;
+    let conn = login_password(server.addr(), DEFAULT_USERNAME, DEFAULT_PASSWORD).await;
+    let mut channel = conn.handle.channel_open_session().await.unwrap();
+    channel.exec(true, "cat").await.unwrap();
+    poll_until("cat running", async || server.running_command_count() == 1).await;
+
+    channel.signal(russh::Sig::TERM).await.unwrap();
+    let mut seen = Vec::new();
+    tokio::time::timeout(LIMIT, async {
+        while let Some(message) = channel.wait().await {
+            match message {
+                russh::ChannelMsg::ExitSignal { signal_name, .. } => {
+                    seen.push(format!("exit-signal {signal_name:?}"))
+                }
+                russh::ChannelMsg::Eof => seen.push("eof".to_owned()),
+                russh::ChannelMsg::Close => seen.push("close".to_owned()),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the channel ends after the signal");
+    assert_eq!(seen, ["exit-signal TERM", "eof", "close"]);
+    assert_eq!(server.signals_received(), 1);
+    wait_nothing_left(&server).await;
+}
+
+#[tokio::test]
+async fn channel_opens_can_be_refused_or_limited() {
+    let server = SshTestServer::start(SshTestServerConfig {
+        max_channels: Some(2),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let conn = login_password(server.addr(), DEFAULT_USERNAME, DEFAULT_PASSWORD).await;
+    let refused = |result: Result<russh::Channel<russh::client::Msg>, russh::Error>| {
+        matches!(
+            result,
+            Err(russh::Error::ChannelOpenFailure(
+                russh::ChannelOpenFailure::ConnectFailed
+            ))
+        )
+    };
+
+    server.set_refuse_channels(true);
+    assert!(refused(conn.handle.channel_open_session().await));
+    assert_eq!(server.open_channel_count(), 0);
+    server.set_refuse_channels(false);
+
+    // At the limit, as OpenSSH's MaxSessions: a third channel is refused while two are open.
+    let first = conn.handle.channel_open_session().await.unwrap();
+    first.exec(true, "sleep 60000").await.unwrap();
+    let second = conn.handle.channel_open_session().await.unwrap();
+    assert_eq!(server.open_channel_count(), 2);
+    assert!(refused(conn.handle.channel_open_session().await));
+
+    // A closed one frees its place.
+    first.close().await.unwrap();
+    poll_until("one channel left", async || {
+        server.open_channel_count() == 1
+    })
+    .await;
+    assert_eq!(exec(&conn.handle, "echo room").await.stdout, "room\n");
+    drop(second);
+}
+
+#[tokio::test]
+async fn a_slow_channel_open_holds_up_no_other_channel() {
+    let server = default_server().await;
+    let conn = login_password(server.addr(), DEFAULT_USERNAME, DEFAULT_PASSWORD).await;
+    let open = conn.handle.channel_open_session().await.unwrap();
+
+    server.set_channel_open_latency(Duration::from_secs(60));
+    let slow = conn.handle.channel_open_session();
+    tokio::pin!(slow);
+    // Polled once so the request is on its way, then left pending.
+    assert!(futures::poll!(slow.as_mut()).is_pending());
+    open.exec(true, "echo meanwhile").await.unwrap();
+    let mut open = open;
+    let mut stdout = Vec::new();
+    tokio::time::timeout(LIMIT, async {
+        while let Some(message) = open.wait().await {
+            if let russh::ChannelMsg::Data { data } = message {
+                stdout.extend_from_slice(&data);
+            }
+        }
+    })
+    .await
+    .expect("the open channel answered while another one was being opened");
+    assert_eq!(stdout, b"meanwhile\n");
+    assert!(futures::poll!(slow.as_mut()).is_pending(), "opened early");
+}

@@ -25,18 +25,26 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Each command runs on a channel of its own. A command that runs out of time, or whose
+//! caller's future is dropped, does not leave its channel behind: the remote process is sent
+//! `TERM` (OpenSSH honours the `signal` request since 7.9) and the channel is closed, so
+//! abandoned commands cannot fill the server's channel limit (OpenSSH's `MaxSessions`). A
+//! session on which the server refuses a channel is reported lost and reconnected.
+//!
 //! The core knows nothing of SSH: this module only implements
 //! [`Connection`] and [`CommandRunner`](crate::CommandRunner).
 //!
 //! Files: `options.rs` (what can be set), `session.rs` (the connection and its command
-//! runner), `auth.rs` (credentials and authentication), `host_keys.rs` (russh's callbacks:
-//! host-key checks and loss reports).
+//! runner), `channel.rs` (one command on its channel, and the channel's cleanup when the
+//! command is abandoned), `auth.rs` (credentials and authentication), `host_keys.rs` (russh's
+//! callbacks: host-key checks and loss reports).
 
 use std::sync::Arc;
 
 use crate::connection::{Connection, ConnectionFactory, ConnectionKey};
 
 mod auth;
+mod channel;
 mod host_keys;
 mod options;
 mod session;

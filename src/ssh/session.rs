@@ -3,12 +3,11 @@
 
 use std::fmt;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
+use russh::Disconnect;
 use russh::client::{self};
-use russh::{ChannelMsg, Disconnect};
 use tracing::info;
 
 use crate::connection::{
@@ -17,15 +16,17 @@ use crate::connection::{
 };
 
 use super::auth::Credentials;
-use super::host_keys::{ClientHandler, Session};
+use super::channel;
+use super::host_keys::{ClientHandler, Liveness, Session};
 use super::options::SshOptions;
 
 /// One SSH connection: a russh session, opened and reopened by the supervisor.
 pub struct SshConnection {
     options: Arc<SshOptions>,
     session: Option<Arc<Session>>,
-    /// Cleared by russh's `disconnected` callback the moment the session ends.
-    alive: Arc<AtomicBool>,
+    /// Cleared the moment the session ends (russh's `disconnected` callback) or can no longer
+    /// open channels (the runner).
+    liveness: Arc<Liveness>,
     notifier: Option<LossNotifier>,
 }
 
@@ -44,13 +45,13 @@ impl SshConnection {
         Self {
             options,
             session: None,
-            alive: Arc::new(AtomicBool::new(false)),
+            liveness: Arc::new(Liveness::none()),
             notifier: None,
         }
     }
 
     async fn disconnect(&mut self) {
-        self.alive.store(false, Ordering::SeqCst);
+        self.liveness.closed();
         if let Some(session) = self.session.take() {
             let _ = session
                 .disconnect(Disconnect::ByApplication, "closing", "en")
@@ -62,7 +63,7 @@ impl SshConnection {
 #[async_trait]
 impl Connection for SshConnection {
     fn is_alive(&self) -> bool {
-        self.alive.load(Ordering::SeqCst)
+        self.liveness.is_alive()
             && self
                 .session
                 .as_ref()
@@ -82,20 +83,19 @@ impl Connection for SshConnection {
 
         let addrs: Vec<_> = tokio::net::lookup_host((host, port))
             .await
-            .map_err(|e| OpenError::new(FailureKind::Dns, format!("cannot resolve {host}: {e}")))?
+            .map_err(|e| classify_lookup(&e, host))?
             .collect();
         let stream = connect_any(&addrs, host, port).await?;
         let _ = stream.set_nodelay(true);
 
-        let alive = Arc::new(AtomicBool::new(true));
+        let liveness = Arc::new(Liveness::new(self.notifier.clone()));
         let refusal = Arc::new(Mutex::new(None));
         let handler = ClientHandler {
             host: host.to_owned(),
             port,
             policy: self.options.host_key_policy.clone(),
             refusal: refusal.clone(),
-            alive: alive.clone(),
-            notifier: self.notifier.clone(),
+            liveness: liveness.clone(),
         };
         let config = Arc::new(client::Config {
             nodelay: true,
@@ -118,7 +118,7 @@ impl Connection for SshConnection {
         credentials.authenticate(&mut session, host).await?;
         info!(%host, port, user = %credentials.username, "ssh session open");
         self.session = Some(Arc::new(session));
-        self.alive = alive;
+        self.liveness = liveness;
         Ok(())
     }
 
@@ -131,13 +131,15 @@ impl Connection for SshConnection {
             .session
             .clone()
             .ok_or_else(|| CommandError::ConnectionLost("not open".to_owned()))?;
-        run_on(&session, command).await?.into_result()
+        channel::run(&session, &self.liveness, command)
+            .await?
+            .into_result()
     }
 
     fn command_runner(&self) -> Option<(Arc<dyn CommandRunner>, usize)> {
         let runner = SshRunner {
             session: self.session.clone()?,
-            alive: self.alive.clone(),
+            liveness: self.liveness.clone(),
         };
         Some((Arc::new(runner), self.options.max_channels))
     }
@@ -146,59 +148,18 @@ impl Connection for SshConnection {
 /// Runs commands as parallel channels over one session.
 struct SshRunner {
     session: Arc<Session>,
-    alive: Arc<AtomicBool>,
+    liveness: Arc<Liveness>,
 }
 
 #[async_trait]
 impl CommandRunner for SshRunner {
     async fn run(&self, command: &str) -> Result<CommandOutput, CommandError> {
-        run_on(&self.session, command).await
+        channel::run(&self.session, &self.liveness, command).await
     }
 
     fn is_alive(&self) -> bool {
-        self.alive.load(Ordering::SeqCst) && !self.session.is_closed()
+        self.liveness.is_alive() && !self.session.is_closed()
     }
-}
-
-async fn run_on(session: &Session, command: &str) -> Result<CommandOutput, CommandError> {
-    let lost = |what: &str, error: russh::Error| {
-        if session.is_closed() {
-            CommandError::ConnectionLost(format!("{what}: {error}"))
-        } else {
-            CommandError::Other(format!("{what}: {error}"))
-        }
-    };
-    let mut channel = session
-        .channel_open_session()
-        .await
-        .map_err(|e| lost("cannot open a channel", e))?;
-    channel
-        .exec(true, command)
-        .await
-        .map_err(|e| lost("cannot start the command", e))?;
-    let mut stdout = Vec::new();
-    let mut stderr = Vec::new();
-    let mut exit_status = None;
-    let mut closed_cleanly = false;
-    while let Some(message) = channel.wait().await {
-        match message {
-            ChannelMsg::Data { data } => stdout.extend_from_slice(&data),
-            ChannelMsg::ExtendedData { data, ext: 1 } => stderr.extend_from_slice(&data),
-            ChannelMsg::ExitStatus { exit_status: code } => exit_status = Some(code),
-            ChannelMsg::Eof | ChannelMsg::Close => closed_cleanly = true,
-            _ => {}
-        }
-    }
-    if exit_status.is_none() && !closed_cleanly {
-        return Err(CommandError::ConnectionLost(
-            "the session ended before the command finished".to_owned(),
-        ));
-    }
-    Ok(CommandOutput {
-        stdout: String::from_utf8_lossy(&stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&stderr).into_owned(),
-        exit_status,
-    })
 }
 
 async fn connect_any(
@@ -217,6 +178,32 @@ async fn connect_any(
         Some(error) => classify_io(&error, host, port),
         None => OpenError::new(FailureKind::Dns, format!("{host} resolved to no address")),
     })
+}
+
+/// A failed name lookup. The resolver's error reaches us only as an `io::Error` whose kind is
+/// uncategorised and whose message is `getaddrinfo`'s text (`gai_strerror`), so the message is
+/// all there is to tell "no such host" (permanent: [`FailureKind::Dns`]) from "the name servers
+/// did not answer" (`EAI_AGAIN`, transient: [`FailureKind::Timeout`], retried with backoff).
+/// On Unix, `EAI_SYSTEM` arrives as the OS error itself (a local failure, also transient).
+fn classify_lookup(error: &io::Error, host: &str) -> OpenError {
+    let text = error.to_string().to_ascii_lowercase();
+    let transient = matches!(
+        error.kind(),
+        io::ErrorKind::TimedOut | io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+    ) || (cfg!(unix) && error.raw_os_error().is_some())
+        // glibc and macOS: "Temporary failure in name resolution"; musl: "Try again"; Windows
+        // (whose lookup errors are all OS errors): "This is usually a temporary error ...".
+        || text.contains("temporary failure")
+        || text.contains("temporary error")
+        || text.contains("try again");
+    if transient {
+        OpenError::new(
+            FailureKind::Timeout,
+            format!("cannot resolve {host} for now (a temporary DNS failure): {error}"),
+        )
+    } else {
+        OpenError::new(FailureKind::Dns, format!("cannot resolve {host}: {error}"))
+    }
 }
 
 fn classify_io(error: &io::Error, host: &str, port: u16) -> OpenError {
@@ -242,5 +229,43 @@ fn classify(error: &russh::Error, host: &str, port: u16) -> OpenError {
             FailureKind::Transport,
             format!("ssh handshake with {host}:{port} failed: {error}"),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What std's `lookup_host` returns for a `getaddrinfo` failure other than `EAI_SYSTEM`.
+    fn gai(detail: &str) -> io::Error {
+        io::Error::other(format!("failed to lookup address information: {detail}"))
+    }
+
+    #[test]
+    fn a_temporary_dns_failure_is_transient_and_an_unknown_host_is_not() {
+        let transient = [
+            gai("Temporary failure in name resolution"), // glibc EAI_AGAIN
+            gai("Try again"),                            // musl EAI_AGAIN
+            gai("temporary failure in name resolution"), // macOS EAI_AGAIN
+            io::Error::from_raw_os_error(24),            // EAI_SYSTEM: EMFILE
+            io::Error::from(io::ErrorKind::TimedOut),
+        ];
+        for error in &transient {
+            let failure = classify_lookup(error, "r1.example");
+            assert_eq!(failure.kind(), FailureKind::Timeout, "{error}");
+            assert!(!failure.kind().is_permanent());
+            assert!(failure.message().contains("r1.example"), "{failure}");
+        }
+        let unknown = [
+            gai("Name or service not known"),           // glibc EAI_NONAME
+            gai("No address associated with hostname"), // glibc EAI_NODATA
+            gai("Name does not resolve"),               // musl EAI_NONAME
+            gai("nodename nor servname provided, or not known"), // macOS EAI_NONAME
+        ];
+        for error in &unknown {
+            let failure = classify_lookup(error, "r1.example");
+            assert_eq!(failure.kind(), FailureKind::Dns, "{error}");
+            assert!(failure.message().contains("r1.example"), "{failure}");
+        }
     }
 }

@@ -6,7 +6,12 @@
 //! dropping every live connection at once ([`SshTestServer::drop_all_sessions`]), the device
 //! going away and coming back on the same port with the same host key
 //! ([`SshTestServer::stop`] / [`SshTestServer::restart`]), credentials suddenly refused
-//! ([`SshTestServer::set_reject_auth`]) and slow commands ([`SshTestServer::set_latency`]).
+//! ([`SshTestServer::set_reject_auth`]), slow commands and channel opens
+//! ([`SshTestServer::set_latency`], [`SshTestServer::set_channel_open_latency`]) and channels
+//! refused ([`SshTestServer::set_refuse_channels`],
+//! [`SshTestServerConfig::max_channels`]). It counts what a client leaves behind: open channels
+//! ([`SshTestServer::open_channel_count`]) and running commands
+//! ([`SshTestServer::running_command_count`]).
 //!
 //! Every background task belongs to the [`SshTestServer`] value: dropping it (or calling
 //! [`SshTestServer::stop`]) closes the listener and every connection.
@@ -33,10 +38,14 @@ use std::time::Duration;
 
 use russh::keys::{Algorithm, PrivateKey, PublicKey};
 use russh::server::{self, Auth, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
-use russh::{Channel, ChannelId, MethodKind, MethodSet};
+use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet, Sig};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::{JoinHandle, JoinSet};
+
+mod channels;
+
+use channels::{Channels, Gauge};
 
 /// Username accepted by [`SshTestServerConfig::default`].
 pub const DEFAULT_USERNAME: &str = "admin";
@@ -119,6 +128,10 @@ pub struct SshTestServerConfig {
     /// Start out refusing every login, whatever the credentials. Adjustable later with
     /// [`SshTestServer::set_reject_auth`].
     pub reject_auth: bool,
+    /// Most channels one connection may have open at once; one more is refused with
+    /// `ConnectFailed`, as OpenSSH's `MaxSessions` (10 by default) refuses it. `None`, the
+    /// default, sets no limit.
+    pub max_channels: Option<usize>,
 }
 
 impl Default for SshTestServerConfig {
@@ -132,6 +145,7 @@ impl Default for SshTestServerConfig {
             port: 0,
             latency: Duration::ZERO,
             reject_auth: false,
+            max_channels: None,
         }
     }
 }
@@ -151,6 +165,7 @@ impl fmt::Debug for SshTestServerConfig {
             .field("port", &self.port)
             .field("latency", &self.latency)
             .field("reject_auth", &self.reject_auth)
+            .field("max_channels", &self.max_channels)
             .finish()
     }
 }
@@ -168,10 +183,13 @@ impl fmt::Debug for SshTestServerConfig {
 /// | `sleep <ms>` | nothing, after waiting `<ms>` milliseconds | | 0 |
 /// | `exit <code>` | | | `<code>` |
 /// | `stderr <text>` | | `<text>` and a newline | 1 |
+/// | `cat` | what the client sent on the channel, once it sends EOF | | 0 |
 /// | anything else | | `% Invalid input` and a newline | 127 |
 ///
 /// Each command then gets EOF and a channel close. Commands run in their own tasks, so several
-/// channels of one connection run concurrently. Shell requests are refused.
+/// channels of one connection run concurrently. Shell requests are refused. A command whose
+/// channel the client closes is stopped; one whose channel gets a `signal` request is stopped
+/// too, and its channel gets `exit-signal`, EOF and a close, as a killed process's would.
 ///
 /// Must be started from within a Tokio runtime. Dropping the value stops the server like
 /// [`Self::stop`] does (without waiting).
@@ -227,6 +245,13 @@ impl SshTestServer {
             latency_nanos: AtomicU64::new(duration_to_nanos(config.latency)),
             reject_auth: AtomicBool::new(config.reject_auth),
             auth_attempts: AtomicU64::new(0),
+            refuse_channels: AtomicBool::new(false),
+            channel_open_latency_nanos: AtomicU64::new(0),
+            max_channels: config.max_channels,
+            open_channels: Gauge::default(),
+            running_commands: Gauge::default(),
+            signals: AtomicU64::new(0),
+            channels_opened: AtomicU64::new(0),
             sessions: Mutex::new(HashMap::new()),
             session_ended: Notify::new(),
             next_session_id: AtomicU64::new(0),
@@ -353,6 +378,45 @@ impl SshTestServer {
             .store(duration_to_nanos(latency), Ordering::Relaxed);
     }
 
+    /// Makes every later channel open fail with `ConnectFailed` (`true`), as it does on a
+    /// server whose session limit is reached, or be accepted again (`false`). Channels already
+    /// open are unaffected.
+    pub fn set_refuse_channels(&self, refuse: bool) {
+        self.shared.refuse_channels.store(refuse, Ordering::SeqCst);
+    }
+
+    /// Sets the delay before each channel opened from now on is accepted, to imitate a device
+    /// slow to start a session. Other channels of the connection are not held up meanwhile.
+    pub fn set_channel_open_latency(&self, latency: Duration) {
+        self.shared
+            .channel_open_latency_nanos
+            .store(duration_to_nanos(latency), Ordering::Relaxed);
+    }
+
+    /// Number of channels open on every connection: opened by a client and not yet closed by
+    /// either side, nor ended with their connection. The server closes a channel once its
+    /// command finished; one whose command never does stays open until the client closes it.
+    pub fn open_channel_count(&self) -> usize {
+        self.shared.open_channels.count()
+    }
+
+    /// Number of channels opened since the server was created, on every connection: accepted,
+    /// or to be accepted once [`Self::set_channel_open_latency`]'s delay has passed.
+    pub fn channels_opened(&self) -> u64 {
+        self.shared.channels_opened.load(Ordering::SeqCst)
+    }
+
+    /// Number of commands still running, on every connection.
+    pub fn running_command_count(&self) -> usize {
+        self.shared.running_commands.count()
+    }
+
+    /// Number of `signal` requests received on channels that were open, since the server was
+    /// created.
+    pub fn signals_received(&self) -> u64 {
+        self.shared.signals.load(Ordering::SeqCst)
+    }
+
     /// Number of live TCP connections, whether or not they have logged in yet.
     pub fn session_count(&self) -> usize {
         self.shared.lock_sessions().len()
@@ -443,6 +507,13 @@ struct Shared {
     latency_nanos: AtomicU64,
     reject_auth: AtomicBool,
     auth_attempts: AtomicU64,
+    refuse_channels: AtomicBool,
+    channel_open_latency_nanos: AtomicU64,
+    max_channels: Option<usize>,
+    open_channels: Gauge,
+    running_commands: Gauge,
+    signals: AtomicU64,
+    channels_opened: AtomicU64,
     /// A duplicate of each live connection's socket, by session id, so the server can kill
     /// connections that russh owns.
     sessions: Mutex<HashMap<u64, std::net::TcpStream>>,
@@ -459,6 +530,10 @@ impl Shared {
 
     fn latency(&self) -> Duration {
         Duration::from_nanos(self.latency_nanos.load(Ordering::Relaxed))
+    }
+
+    fn channel_open_latency(&self) -> Duration {
+        Duration::from_nanos(self.channel_open_latency_nanos.load(Ordering::Relaxed))
     }
 
     fn count_auth_attempt(&self) {
@@ -525,6 +600,7 @@ async fn serve_connection(
     let handler = SessionHandler {
         shared: shared.clone(),
         commands: JoinSet::new(),
+        channels: Channels::default(),
     };
     match server::run_stream(ssh_config, stream, handler).await {
         Ok(session) => match session.await {
@@ -580,6 +656,8 @@ struct SessionHandler {
     shared: Arc<Shared>,
     /// Running commands. Dropped with the handler when the session ends, which aborts them.
     commands: JoinSet<()>,
+    /// This session's open channels; what is left of them goes with the handler too.
+    channels: Channels,
 }
 
 impl server::Handler for SessionHandler {
@@ -623,12 +701,85 @@ impl server::Handler for SessionHandler {
 
     async fn channel_open_session(
         &mut self,
-        _channel: Channel<Msg>,
+        channel: Channel<Msg>,
         reply: server::ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        // Commands reply through the session handle, so the channel object is not kept.
-        reply.accept().await;
+        let full = self
+            .shared
+            .max_channels
+            .is_some_and(|max| self.channels.len() >= max);
+        if full || self.shared.refuse_channels.load(Ordering::SeqCst) {
+            // What OpenSSH answers when its session limit is reached.
+            reply.reject(ChannelOpenFailure::ConnectFailed).await;
+            return Ok(());
+        }
+        // Recorded before the client can use it. Commands reply through the session handle, so
+        // the channel object itself is not kept.
+        self.channels
+            .opened(channel.id(), self.shared.open_channels.enter());
+        self.shared.channels_opened.fetch_add(1, Ordering::SeqCst);
+        let latency = self.shared.channel_open_latency();
+        if latency.is_zero() {
+            reply.accept().await;
+        } else {
+            // Not here: the session loop waits for this callback, which would hold up every
+            // other channel of the connection.
+            self.commands.spawn(async move {
+                tokio::time::sleep(latency).await;
+                reply.accept().await;
+            });
+        }
+        Ok(())
+    }
+
+    async fn data(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.channels.write_stdin(channel, data);
+        Ok(())
+    }
+
+    async fn channel_eof(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.channels.close_stdin(channel);
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // russh has already answered with our close; the command has nobody to answer to.
+        if let Some(open) = self.channels.remove(channel) {
+            open.stop();
+        }
+        Ok(())
+    }
+
+    async fn signal(
+        &mut self,
+        channel: ChannelId,
+        signal: Sig,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(open) = self.channels.remove(channel) else {
+            return Ok(());
+        };
+        self.shared.signals.fetch_add(1, Ordering::SeqCst);
+        // Every signal kills a command of the fake device; the channel then ends as a killed
+        // process's does.
+        open.stop();
+        session.exit_signal_request(channel, signal, false, "killed", "en")?;
+        session.eof(channel)?;
+        session.close(channel)?;
         Ok(())
     }
 
@@ -652,15 +803,28 @@ impl server::Handler for SessionHandler {
         let handle = session.handle();
         let latency = self.shared.latency();
         let hostname = self.shared.hostname.clone();
+        let stdin = match command.trim() {
+            "cat" => self.channels.pipe_stdin(channel),
+            _ => None,
+        };
+        let table = self.channels.clone();
+        let running = self.shared.running_commands.enter();
         // Drop the results of commands that already finished so the set stays small.
         while self.commands.try_join_next().is_some() {}
         // The session loop waits for this callback before reading the next packet: running
         // the command here would serialise every channel of the connection.
-        self.commands.spawn(async move {
+        let task = self.commands.spawn(async move {
+            let _running = running;
             if !latency.is_zero() {
                 tokio::time::sleep(latency).await;
             }
-            let output = run_command(&command, &hostname).await;
+            let output = match stdin {
+                Some(stdin) => CommandOutput {
+                    stdout: channels::cat(stdin).await,
+                    ..CommandOutput::default()
+                },
+                None => run_command(&command, &hostname).await,
+            };
             // Send errors only mean the client went away; there is nobody left to tell.
             if !output.stdout.is_empty() {
                 let _ = handle.data(channel, output.stdout).await;
@@ -673,7 +837,10 @@ impl server::Handler for SessionHandler {
                 .await;
             let _ = handle.eof(channel).await;
             let _ = handle.close(channel).await;
+            // Not `stop`: this task is the command, and it has finished.
+            drop(table.remove(channel));
         });
+        self.channels.started(channel, task);
         Ok(())
     }
 }
