@@ -182,8 +182,8 @@ impl EventStream {
     ///
     /// # Cancel safety
     ///
-    /// Events skipped before the future is dropped stay skipped; the matching event, if it
-    /// arrived, is lost with the future.
+    /// Events skipped before the future is dropped stay skipped; the matching event is taken
+    /// from the stream only when this returns it, so nothing else is lost.
     pub async fn wait_for(
         &mut self,
         timeout: Duration,

@@ -67,8 +67,10 @@ impl ConnectionActorState {
         deadline: Deadline,
         reply: OpenReply,
     ) -> Result<(), ActorProcessingErr> {
-        if reply.is_closed() {
-            return Ok(()); // its caller stopped waiting: no open on its behalf
+        // A handle's open whose caller stopped waiting is dropped unrun. An open_connection
+        // is not: it promises that the connection ends up open, for the next call to find.
+        if reply.is_closed() && matches!(reply, OpenReply::Done(_)) {
+            return Ok(());
         }
         if deadline.has_passed() {
             reply.send(Err(self.expired(Operation::Open, deadline, Stage::Queue)));

@@ -84,6 +84,7 @@ impl SupervisorState {
             return;
         }
         self.shutting_down = true;
+        let children = self.myself.get_children();
         let pending = self.close_every_pooled(CloseReason::Shutdown);
         let bound = self.longest_close_wait();
         tokio::spawn(async move {
@@ -96,6 +97,14 @@ impl SupervisorState {
                 warn!(actor = %child.get_id(), "connection actor did not stop in time; killed");
                 child.kill();
             }
+            // A child that had already unlinked itself on its way out is not in the tree any
+            // more, yet may still be finishing: wait for every one there was, so that none is
+            // running when the shutdown is answered.
+            let _ = tokio::time::timeout(
+                bound,
+                join_all(children.iter().map(|child| child.wait(None))),
+            )
+            .await;
             // drain, not stop: reports already queued (closes to count, creations to close)
             // are still handled; new requests are refused because shutting_down is set.
             let _ = me.drain_and_wait(Some(bound)).await;
