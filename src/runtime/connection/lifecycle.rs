@@ -233,8 +233,10 @@ impl ConnectionActorState {
         }
     }
 
-    pub(super) fn opened(&mut self, reconnect: bool) {
-        let route = match sync_guarded(|| self.connection.command_runner()) {
+    /// The plugin's concurrent runner as a direct route, if it has one; asked on every entry
+    /// into `Open`, since each session has its own.
+    fn direct_route(&self) -> Option<DirectRoute> {
+        match sync_guarded(|| self.connection.command_runner()) {
             Ok(Some((runner, limit))) => {
                 let actor = self.myself.clone();
                 Some(DirectRoute::new(
@@ -255,8 +257,10 @@ impl ConnectionActorState {
                 warn!(%message, "plugin panicked in command_runner; running commands one at a time");
                 None
             }
-        };
-        self.published.route(route);
+        }
+    }
+
+    pub(super) fn opened(&mut self, reconnect: bool) {
         let attempts = self.status.attempts + 1;
         self.status.attempts = 0;
         self.status.next_attempt_at = None;
@@ -265,10 +269,6 @@ impl ConnectionActorState {
         } else {
             EventKind::Opened
         };
-        self.counters.count(Count::Opened);
-        if reconnect {
-            self.counters.count(Count::Reconnected);
-        }
         self.enter(ConnectionState::Open, Some(event));
         self.report(ReportKind::Opened {
             key: self.key.clone(),
@@ -281,14 +281,8 @@ impl ConnectionActorState {
         debug!(%failure, "open failed");
         self.status.attempts += 1;
         self.status.last_error = Some(failure.clone());
-        self.counters.count(Count::FailedOpen);
-        self.events.emit(
-            &self.key,
-            EventKind::OpenFailed {
-                failure,
-                attempt: self.status.attempts,
-            },
-        );
+        let attempt = self.status.attempts;
+        self.announce(EventKind::OpenFailed { failure, attempt });
     }
 
     /// Closes the plugin instance unless it already is: the only path to `Closed`, so a
@@ -301,7 +295,6 @@ impl ConnectionActorState {
             return;
         }
         self.timers.cancel_all();
-        self.published.route(None);
         self.commands.abort_all();
         let closed = Error::Closed {
             key: self.key.clone(),
@@ -314,7 +307,6 @@ impl ConnectionActorState {
             Outcome::Panicked(message) => warn!(%message, "plugin panicked in close"),
         }
         self.status.next_attempt_at = None;
-        self.counters.count(Count::Closed);
         self.enter(ConnectionState::Closed, Some(EventKind::Closed { reason }));
         self.report(ReportKind::Closed {
             key: self.key.clone(),
@@ -323,17 +315,45 @@ impl ConnectionActorState {
         });
     }
 
-    /// The one place the lifecycle state changes: publishes the new status to watchers and
-    /// the event (if any) to subscribers.
+    /// The one place the lifecycle state changes, and everything derived from it, in one
+    /// order: the direct route (published on entering `Open`, withdrawn on leaving it, so it
+    /// never outlives the session it points to), the status for watchers, then the event,
+    /// counted before it is published.
     pub(super) fn enter(&mut self, next: ConnectionState, event: Option<EventKind>) {
-        if self.status.state != next {
-            debug!(from = ?self.status.state, to = ?next, "state");
+        let previous = self.status.state;
+        if previous != next {
+            debug!(from = ?previous, to = ?next, "state");
             self.status.state = next;
+        }
+        let opening = next == ConnectionState::Open && previous != ConnectionState::Open;
+        let leaving = previous == ConnectionState::Open && next != ConnectionState::Open;
+        if opening {
+            let route = self.direct_route();
+            self.published.route(route);
+        } else if leaving {
+            self.published.route(None);
         }
         self.publish();
         if let Some(event) = event {
-            self.events.emit(&self.key, event);
+            self.announce(event);
         }
+    }
+
+    /// Counts what `event` reports, then publishes it: a subscriber that reads the counters
+    /// after seeing an event finds it counted.
+    pub(super) fn announce(&self, event: EventKind) {
+        match &event {
+            EventKind::Opened => self.counters.count(Count::Opened),
+            EventKind::Reconnected { .. } => {
+                self.counters.count(Count::Opened);
+                self.counters.count(Count::Reconnected);
+            }
+            EventKind::OpenFailed { .. } => self.counters.count(Count::FailedOpen),
+            EventKind::Lost { .. } => self.counters.count(Count::Lost),
+            EventKind::Closed { .. } => self.counters.count(Count::Closed),
+            _ => {}
+        }
+        self.events.emit(&self.key, event);
     }
 
     /// Publishes the status to watchers (handles, the supervisor's status queries).

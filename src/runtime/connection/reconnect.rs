@@ -16,7 +16,7 @@ use crate::deadline::wall_deadline_after;
 use crate::error::{Error, Stage};
 use crate::events::EventKind;
 use crate::runtime::internal::TickKind;
-use crate::shared::{Count, OpenFor};
+use crate::shared::OpenFor;
 use crate::status::{ConnectionState, FailureInfo};
 
 use super::ConnectionActorState;
@@ -31,8 +31,6 @@ impl ConnectionActorState {
         info!(%reason, "connection lost");
         self.session += 1;
         Timers::cancel(&mut self.timers.health);
-        self.published.route(None);
-        self.counters.count(Count::Lost);
         self.enter(
             ConnectionState::Lost,
             Some(EventKind::Lost {
