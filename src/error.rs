@@ -112,6 +112,18 @@ pub enum Error {
         limit: usize,
     },
 
+    /// The connection is reconnecting and already holds as many waiting requests as its
+    /// policy allows
+    /// ([`ConnectionPolicy::max_waiting_requests`](crate::ConnectionPolicy::max_waiting_requests)):
+    /// this one was refused at once instead of queued. Back off and try again.
+    #[error("{key} is reconnecting with {waiting} requests already waiting; this one was refused")]
+    Overloaded {
+        /// The connection.
+        key: ConnectionKey,
+        /// How many requests were waiting.
+        waiting: usize,
+    },
+
     /// No answer came within the bound. The work may still finish in the background; the
     /// caller just stopped waiting.
     #[error(
@@ -191,7 +203,8 @@ impl Error {
             | Self::Closed { key }
             | Self::Unavailable { key, .. }
             | Self::Quarantined { key, .. }
-            | Self::LimitReached { key, .. } => Some(key),
+            | Self::LimitReached { key, .. }
+            | Self::Overloaded { key, .. } => Some(key),
             Self::Timeout { key, .. } | Self::Spawn { key, .. } => key.as_ref(),
             Self::FactoryNotSet
             | Self::EventNotSeen { .. }

@@ -290,8 +290,18 @@ pub(crate) fn forward_to_actor<M: ractor::Message>(
     convert: impl Fn(EventDelivery) -> Option<M> + Send + 'static,
 ) {
     tokio::spawn(async move {
+        // Ends with the actor, not only at its next event: a subscriber that stopped while
+        // nothing happened must not keep a task (and a receiver) alive until the supervisor
+        // stops.
+        let cell = actor.get_cell();
+        let stopped = cell.wait(None);
+        tokio::pin!(stopped);
         loop {
-            let (delivery, last) = match receiver.recv().await {
+            let received = tokio::select! {
+                received = receiver.recv() => received,
+                _ = &mut stopped => return,
+            };
+            let (delivery, last) = match received {
                 Ok(event) => (EventDelivery::Event(event), false),
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     tracing::warn!(missed, actor = %actor.get_id(), "event subscriber fell behind");

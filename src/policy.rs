@@ -190,6 +190,9 @@ pub struct ConnectionPolicy {
     /// Gives up reconnecting after this many failed attempts of any kind. Defaults to `None`
     /// (keep trying, with backoff, until closed).
     pub max_reconnect_attempts: Option<u32>,
+    /// Requests that may wait for a reconnect at once; more are refused with
+    /// [`Error::Overloaded`](crate::Error::Overloaded). Defaults to 1024.
+    pub max_waiting_requests: usize,
     /// Attempts of a first open (or any open a caller waits for) that fails transiently
     /// (refused, reset, timed out), with backoff between them, within the caller's open bound.
     /// Defaults to 3; 1 tries once.
@@ -212,6 +215,7 @@ impl Default for ConnectionPolicy {
             permanent_failure_attempts: 2,
             max_reconnect_attempts: None,
             first_open_attempts: 3,
+            max_waiting_requests: 1024,
             health_check_interval: None,
             idle_timeout: None,
             max_lifetime: None,
@@ -250,6 +254,13 @@ impl ConnectionPolicy {
     /// attempt, as `Some(1)` does.
     pub fn max_reconnect_attempts(mut self, attempts: impl Into<Option<u32>>) -> Self {
         self.max_reconnect_attempts = attempts.into();
+        self
+    }
+
+    /// Sets how many requests may wait for a reconnect at once (default 1024); more are
+    /// refused at once. At least 1.
+    pub fn max_waiting_requests(mut self, requests: usize) -> Self {
+        self.max_waiting_requests = requests;
         self
     }
 
@@ -296,6 +307,11 @@ impl ConnectionPolicy {
                     "{scope}: the {name} must be greater than zero"
                 )));
             }
+        }
+        if self.max_waiting_requests == 0 {
+            return Err(Error::InvalidConfig(format!(
+                "{scope}: max_waiting_requests must be at least 1"
+            )));
         }
         if self.first_open_attempts == 0 {
             return Err(Error::InvalidConfig(format!(

@@ -594,3 +594,95 @@ async fn handshakes_to_one_address_are_limited_whatever_the_keys() {
     assert_eq!(get(&plugin.ledger().max_opens_in_flight), 3);
     finish(manager, &plugin).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn requests_waiting_for_a_reconnect_are_bounded() {
+    let plugin = FaultPlugin::new("fault");
+    let config = SupervisorConfig::default()
+        .factory(plugin.factory())
+        .policy(policy().max_waiting_requests(2));
+    let manager = ConnectionManager::spawn(config).await.unwrap();
+    let mut events = manager.subscribe().await.unwrap();
+    let key = plugin.key("r1");
+    let handle = manager
+        .open_connection(&key, &ResolvedConnectionParams::new("r1"))
+        .await
+        .unwrap()
+        .unwrap();
+    plugin.fail_opens("r1", Some(FailureKind::Refused));
+    plugin.drop_sessions("r1");
+    events
+        .wait_for_key(&key, WAIT, |k| matches!(k, EventKind::Reconnecting { .. }))
+        .await
+        .unwrap();
+    let waiting: Vec<_> = (0..2)
+        .map(|i| {
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                handle
+                    .execute_command_within(&format!("echo {i}"), Duration::from_secs(600))
+                    .await
+            })
+        })
+        .collect();
+    handle
+        .wait_for_status(WAIT, |s| s.waiting_requests == 2)
+        .await
+        .unwrap();
+    let refused = handle.execute_command("echo 2").await.unwrap_err();
+    assert!(
+        matches!(refused, Error::Overloaded { waiting: 2, .. }),
+        "{refused:?}"
+    );
+    plugin.fail_opens("r1", None);
+    for (i, task) in waiting.into_iter().enumerate() {
+        let echoed = tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+        assert_eq!(echoed.unwrap(), i.to_string());
+    }
+    finish(manager, &plugin).await;
+}
+
+/// An actor that takes events and does nothing with them.
+struct Listener;
+
+impl ractor::Actor for Listener {
+    type Msg = connection_supervisor::EventDelivery;
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        _myself: ractor::ActorRef<Self::Msg>,
+        _args: (),
+    ) -> Result<(), ractor::ActorProcessingErr> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_subscriber_that_stops_takes_its_forwarding_task_with_it() {
+    let plugin = FaultPlugin::new("fault");
+    let manager = ConnectionManager::spawn(SupervisorConfig::default().factory(plugin.factory()))
+        .await
+        .unwrap();
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let baseline = metrics.num_alive_tasks();
+    let (listener, join) = ractor::Actor::spawn(None, Listener, ()).await.unwrap();
+    manager
+        .subscribe_actor(listener.clone(), Some)
+        .await
+        .unwrap();
+    listener.stop(None);
+    join.await.unwrap();
+    // No event happens: the forwarding task must notice the stop by itself. Nothing announces
+    // a task's end, so watch the runtime's count of live tasks, bounded.
+    let settled = async {
+        while metrics.num_alive_tasks() > baseline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(WAIT, settled)
+        .await
+        .expect("the forwarding task ended with its actor");
+    manager.shutdown().await.unwrap();
+}

@@ -127,6 +127,14 @@ impl ConnectionActorState {
     }
 
     pub(super) fn park(&mut self, deadline: Deadline, request: Request) {
+        if self.parked.len() >= self.policy.max_waiting_requests {
+            let error = Error::Overloaded {
+                key: self.key.clone(),
+                waiting: self.parked.len(),
+            };
+            request.fail(&self.key, error);
+            return;
+        }
         self.parked.push_back((deadline, request));
         let deadline = deadline.at();
         self.publish();
