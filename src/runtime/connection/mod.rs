@@ -293,8 +293,7 @@ impl ConnectionActorState {
                 deadline,
                 reply,
             } => {
-                let deadline =
-                    deadline.unwrap_or_else(|| Deadline::after(self.policy.timeouts.request));
+                let deadline = self.request_deadline(deadline);
                 let reply = CommandReply::Stdout(self.reply(reply, CutOff::Command));
                 self.run_or_park(deadline, Request::Command { command, reply })
                     .await
@@ -304,8 +303,7 @@ impl ConnectionActorState {
                 deadline,
                 reply,
             } => {
-                let deadline =
-                    deadline.unwrap_or_else(|| Deadline::after(self.policy.timeouts.request));
+                let deadline = self.request_deadline(deadline);
                 let reply = CommandReply::Output(self.reply(reply, CutOff::Command));
                 self.run_or_park(deadline, Request::Command { command, reply })
                     .await
@@ -315,8 +313,7 @@ impl ConnectionActorState {
                 deadline,
                 reply,
             } => {
-                let deadline =
-                    deadline.unwrap_or_else(|| Deadline::after(self.policy.timeouts.request));
+                let deadline = self.request_deadline(deadline);
                 let reply = self.reply(reply, CutOff::Closed);
                 self.run_or_park(deadline, Request::With { job, reply })
                     .await
@@ -366,6 +363,11 @@ impl ConnectionActorState {
     /// Takes a caller's reply port: from here on the request is answered, whatever happens.
     fn reply<T>(&self, port: RpcReplyPort<Result<T, Error>>, cut_off: CutOff) -> Reply<T> {
         Reply::new(port, &self.shared_key, cut_off)
+    }
+
+    /// A request's deadline, or the request timeout from now for one that came without.
+    fn request_deadline(&self, deadline: Option<Deadline>) -> Deadline {
+        deadline.unwrap_or_else(|| Deadline::after(self.policy.timeouts.request))
     }
 
     /// The deadline of an open that came without one: the open timeout from now.

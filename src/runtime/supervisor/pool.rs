@@ -111,23 +111,12 @@ impl SupervisorState {
         key: ConnectionKey,
         result: Result<Option<Box<dyn Connection>>, String>,
     ) {
-        let current = matches!(self.pool.get(&key), Some(Slot::Creating(c)) if c.id == id);
-        let creation = if current {
-            match self.take_slot(&key) {
-                Some(Slot::Creating(creation)) => creation,
-                _ => return,
+        let Some(creation) = self.take_creation(id, &key) else {
+            // Its creation expired: nobody waits for this connection any more.
+            if let Ok(Some(connection)) = result {
+                self.close_unpooled(key, connection);
             }
-        } else {
-            match self.orphans.remove(&id) {
-                Some((_, creation)) => creation,
-                None => {
-                    // Its creation expired: nobody waits for this connection any more.
-                    if let Ok(Some(connection)) = result {
-                        self.close_unpooled(key, connection);
-                    }
-                    return;
-                }
-            }
+            return;
         };
         creation.expiry.abort();
         let Creation {
@@ -221,21 +210,26 @@ impl SupervisorState {
         }
     }
 
+    /// Takes creation `id` of `key` out of the pool, or out of the orphans if the key was
+    /// closed while it ran; `None` once it has ended (finished or expired).
+    fn take_creation(&mut self, id: u64, key: &ConnectionKey) -> Option<Creation> {
+        let current = matches!(self.pool.get(key), Some(Slot::Creating(c)) if c.id == id);
+        if current {
+            match self.take_slot(key) {
+                Some(Slot::Creating(creation)) => Some(creation),
+                _ => None,
+            }
+        } else {
+            self.orphans.remove(&id).map(|(_, creation)| creation)
+        }
+    }
+
     /// A creation whose factory did not return within the open timeout: its waiters get a
     /// timeout naming the factory, a close waiting on it is answered, and the key is free for a
     /// new creation. What the factory returns later is closed (`finish_creation`).
     pub(super) fn expire_creation(&mut self, id: u64, key: ConnectionKey) {
-        let current = matches!(self.pool.get(&key), Some(Slot::Creating(c)) if c.id == id);
-        let creation = if current {
-            match self.take_slot(&key) {
-                Some(Slot::Creating(creation)) => creation,
-                _ => return,
-            }
-        } else {
-            match self.orphans.remove(&id) {
-                Some((_, creation)) => creation,
-                None => return,
-            }
+        let Some(creation) = self.take_creation(id, &key) else {
+            return;
         };
         let after = self.config.policy_for(&key.plugin_name).timeouts.open;
         warn!(%key, ?after, "the connection factory did not return in time");
