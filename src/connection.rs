@@ -318,7 +318,8 @@ pub trait Connection: Any + Send {
     }
 
     /// An active probe, run every [`health_check_interval`] while the connection is open. An
-    /// `Err` (or a timeout, or a panic) counts as a loss. The default asks [`is_alive`].
+    /// `Err` or a timeout counts as a loss; a panic crashes the connection's actor, which is
+    /// restarted, as for any plugin panic. The default asks [`is_alive`].
     ///
     /// [`health_check_interval`]: crate::ConnectionPolicy::health_check_interval
     /// [`is_alive`]: Connection::is_alive
