@@ -245,8 +245,6 @@ pub enum Operation {
     /// [`ConnectionManager::from_supervisor`](crate::ConnectionManager::from_supervisor) asking
     /// the supervisor for its timeouts.
     Timeouts,
-    /// A handle looking up its connection's restarted actor.
-    Resolve,
     /// [`ConnectionHandle::wait_for_status`](crate::ConnectionHandle::wait_for_status).
     WaitForStatus,
     /// The plugin's `is_alive`, or [`ConnectionHandle::is_alive`](crate::ConnectionHandle::is_alive).
@@ -262,10 +260,6 @@ pub enum Operation {
     With,
     /// The plugin's `health_check`.
     HealthCheck,
-    /// The plugin's `command_runner`.
-    CommandRunner,
-    /// The plugin's `close`.
-    Close,
 }
 
 impl Operation {
@@ -284,7 +278,6 @@ impl Operation {
             Self::ConnectionCountersSnapshot => "connection_counters_snapshot",
             Self::Shutdown => "shutdown",
             Self::Timeouts => "timeouts",
-            Self::Resolve => "resolve",
             Self::WaitForStatus => "wait_for_status",
             Self::IsAlive => "is_alive",
             Self::Open => "open",
@@ -292,8 +285,6 @@ impl Operation {
             Self::RunCommand => "run_command",
             Self::With => "with",
             Self::HealthCheck => "health_check",
-            Self::CommandRunner => "command_runner",
-            Self::Close => "close",
         }
     }
 }

@@ -358,8 +358,7 @@ fn expected(error: &Error) -> Option<String> {
                 operation @ (Operation::Open
                 | Operation::OpenConnection
                 | Operation::ExecuteCommand
-                | Operation::CloseConnection
-                | Operation::Resolve),
+                | Operation::CloseConnection),
             stage,
             ..
         } => format!("timeout ({operation}, {stage:?})"),
