@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use ractor::ActorProcessingErr;
 
-use crate::connection::{CommandError, CommandOutput};
+use crate::connection::{CommandError, CommandOutput, ConnectionKey};
 use crate::deadline::Deadline;
 use crate::error::{Error, Operation, Stage};
 use crate::guard::{Outcome, guarded, sync_guarded};
@@ -71,7 +71,7 @@ impl ConnectionActorState {
                         })
                     }
                     Outcome::Done(Err(source)) => Err(Error::Command {
-                        key: self.key.clone(),
+                        key: ConnectionKey::clone(&self.key),
                         source,
                     }),
                     Outcome::TimedOut(after) => {
@@ -108,7 +108,7 @@ impl ConnectionActorState {
         reply: CommandReply,
     ) {
         while self.commands.try_join_next().is_some() {}
-        let key = self.key.clone();
+        let key = ConnectionKey::clone(&self.key);
         let actor = self.myself.clone();
         self.commands.spawn(async move {
             match route.run(&key, &command, deadline.remaining()).await {
@@ -132,14 +132,14 @@ impl ConnectionActorState {
     pub(super) async fn run_with(&mut self, job: WithJob, bound: Duration) -> Result<(), Error> {
         let actual = self.connection.type_name();
         let wrong_type = || Error::WrongConnectionType {
-            key: self.key.clone(),
+            key: ConnectionKey::clone(&self.key),
             expected: job.expected,
             actual,
         };
         // Taken exactly once: a copy of this job sent to another actor finds it gone.
         let Some(run) = job.take() else {
             return Err(Error::Closed {
-                key: self.key.clone(),
+                key: ConnectionKey::clone(&self.key),
             });
         };
         let Some(future) = run(self.connection.as_mut()) else {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use ractor::ActorProcessingErr;
 use tracing::{debug, warn};
 
-use crate::connection::{FailureKind, LossNotifier, ResolvedConnectionParams};
+use crate::connection::{ConnectionKey, FailureKind, LossNotifier, ResolvedConnectionParams};
 use crate::deadline::Deadline;
 use crate::error::{Error, Operation, Stage};
 use crate::events::{CloseReason, EventKind};
@@ -194,7 +194,7 @@ impl ConnectionActorState {
                 );
                 let error = Error::Timeout {
                     operation: Operation::Open,
-                    key: Some(self.key.clone()),
+                    key: Some(ConnectionKey::clone(&self.key)),
                     stage: Stage::OpenSlot,
                     after: bound,
                 };
@@ -214,7 +214,7 @@ impl ConnectionActorState {
                     message: source.message().to_owned(),
                 };
                 let error = Error::Open {
-                    key: self.key.clone(),
+                    key: ConnectionKey::clone(&self.key),
                     source,
                 };
                 OpenAttempt::Failed(error, failure)
@@ -271,7 +271,7 @@ impl ConnectionActorState {
         };
         self.enter(ConnectionState::Open, Some(event));
         self.report(ReportKind::Opened {
-            key: self.key.clone(),
+            key: ConnectionKey::clone(&self.key),
             params: self.params.clone(),
         });
         self.schedule_health_check();
@@ -297,7 +297,7 @@ impl ConnectionActorState {
         self.timers.cancel_all();
         self.commands.abort_all();
         let closed = Error::Closed {
-            key: self.key.clone(),
+            key: ConnectionKey::clone(&self.key),
         };
         self.fail_parked(|| closed.clone());
         self.enter(ConnectionState::Closing, None);
@@ -309,7 +309,7 @@ impl ConnectionActorState {
         self.status.next_attempt_at = None;
         self.enter(ConnectionState::Closed, Some(EventKind::Closed { reason }));
         self.report(ReportKind::Closed {
-            key: self.key.clone(),
+            key: ConnectionKey::clone(&self.key),
             actor: self.id,
             reason,
         });
@@ -371,7 +371,7 @@ impl ConnectionActorState {
 
     pub(super) fn unavailable(&self) -> Error {
         Error::Unavailable {
-            key: self.key.clone(),
+            key: ConnectionKey::clone(&self.key),
             state: self.status.state,
             cause: self.status.last_error.clone(),
         }
@@ -381,7 +381,7 @@ impl ConnectionActorState {
     pub(super) fn expired(&self, operation: Operation, deadline: Deadline, stage: Stage) -> Error {
         Error::Timeout {
             operation,
-            key: Some(self.key.clone()),
+            key: Some(ConnectionKey::clone(&self.key)),
             stage,
             after: deadline.bound(),
         }
@@ -390,7 +390,7 @@ impl ConnectionActorState {
     pub(super) fn timed_out(&self, operation: Operation, after: Duration) -> Error {
         Error::Timeout {
             operation,
-            key: Some(self.key.clone()),
+            key: Some(ConnectionKey::clone(&self.key)),
             stage: Stage::Answer,
             after,
         }
@@ -399,7 +399,7 @@ impl ConnectionActorState {
     pub(super) fn panicked(&self, operation: Operation, message: String) -> Error {
         warn!(%operation, %message, "plugin panicked");
         Error::PluginPanicked {
-            key: self.key.clone(),
+            key: ConnectionKey::clone(&self.key),
             operation,
             message,
         }

@@ -75,9 +75,9 @@ pub struct ConnectionArgs {
 
 /// A connection actor's private state. Public only because ractor's `Actor` trait names it.
 pub struct ConnectionActorState {
-    key: ConnectionKey,
-    /// The same key, shared with every reply port the actor holds (see `requests::Reply`).
-    shared_key: Arc<ConnectionKey>,
+    /// Shared with every reply port the actor holds (see `requests::Reply`), so a port costs
+    /// a reference count, not a copy of the key.
+    key: Arc<ConnectionKey>,
     /// This actor's id, which the supervisor's pool knows it by.
     id: ActorId,
     myself: ActorRef<ConnectionMessage>,
@@ -127,8 +127,7 @@ impl Actor for ConnectionActor {
         );
         let restart = args.reopen_with.is_some();
         let mut state = ConnectionActorState {
-            shared_key: Arc::new(args.key.clone()),
-            key: args.key,
+            key: Arc::new(args.key),
             id: myself.get_id(),
             myself: myself.clone(),
             connection: args.connection,
@@ -206,7 +205,7 @@ impl Drop for ConnectionActorState {
             return;
         };
         let mut connection = std::mem::replace(&mut self.connection, Box::new(Detached));
-        let key = self.key.clone();
+        let key = ConnectionKey::clone(&self.key);
         let (counters, events) = (self.counters.clone(), self.events.clone());
         let bound = self.policy.timeouts.close;
         runtime.spawn(async move {
@@ -362,7 +361,7 @@ impl ConnectionActorState {
 
     /// Takes a caller's reply port: from here on the request is answered, whatever happens.
     fn reply<T>(&self, port: RpcReplyPort<Result<T, Error>>, cut_off: CutOff) -> Reply<T> {
-        Reply::new(port, &self.shared_key, cut_off)
+        Reply::new(port, &self.key, cut_off)
     }
 
     /// A request's deadline, or the request timeout from now for one that came without.
@@ -377,7 +376,7 @@ impl ConnectionActorState {
 
     fn refuse(&self, message: ConnectionMessage) {
         let closed = || Error::Closed {
-            key: self.key.clone(),
+            key: ConnectionKey::clone(&self.key),
         };
         match message {
             ConnectionMessage::Open { reply, .. }

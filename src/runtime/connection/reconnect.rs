@@ -10,7 +10,7 @@ use ractor::ActorProcessingErr;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::connection::FailureKind;
+use crate::connection::{ConnectionKey, FailureKind};
 use crate::deadline::Deadline;
 use crate::deadline::wall_deadline_after;
 use crate::error::{Error, Stage};
@@ -129,7 +129,7 @@ impl ConnectionActorState {
     pub(super) fn park(&mut self, deadline: Deadline, request: Request) {
         if self.parked.len() >= self.policy.max_waiting_requests {
             let error = Error::Overloaded {
-                key: self.key.clone(),
+                key: ConnectionKey::clone(&self.key),
                 waiting: self.parked.len(),
             };
             request.fail(&self.key, error);

@@ -7,6 +7,7 @@ use ractor::ActorProcessingErr;
 use tokio::task::JoinHandle;
 use tracing::warn;
 
+use crate::connection::ConnectionKey;
 use crate::error::Operation;
 use crate::events::CloseReason;
 use crate::guard::{Outcome, guarded};
@@ -62,7 +63,7 @@ impl ConnectionActorState {
                         self.schedule_idle_check(Some(limit));
                     } else if idle >= limit {
                         self.report(ReportKind::Expired {
-                            key: self.key.clone(),
+                            key: ConnectionKey::clone(&self.key),
                             actor: self.id,
                             reason: CloseReason::Idle,
                         });
@@ -84,7 +85,7 @@ impl ConnectionActorState {
                     self.timers.lifetime = Some(self.tick_after(again, TickKind::LifetimeExpired));
                 } else {
                     self.report(ReportKind::Expired {
-                        key: self.key.clone(),
+                        key: ConnectionKey::clone(&self.key),
                         actor: self.id,
                         reason: CloseReason::Lifetime,
                     });
