@@ -111,15 +111,25 @@ pub enum FailureKind {
     Dns,
     /// The connection broke during the handshake (reset, EOF, protocol error).
     Transport,
+    /// The two sides share no algorithm for some part of the handshake (key exchange, host
+    /// key, cipher, MAC). Permanent: only a change of settings on one side can fix it.
+    Negotiation,
+    /// A local setting cannot be used: a key file that cannot be read or decrypted, an
+    /// unknown algorithm name, a malformed option. Permanent: the peer was never the problem.
+    Config,
     /// Anything the plugin could not classify.
     Unknown,
 }
 
 impl FailureKind {
     /// Whether retrying is pointless until something changes on our side (credentials, known
-    /// hosts, inventory): auth rejected, host key refused, unknown host.
+    /// hosts, inventory): auth rejected, host key refused, unknown host, no algorithm in
+    /// common, a local setting that cannot be used.
     pub fn is_permanent(self) -> bool {
-        matches!(self, Self::Auth | Self::HostKey | Self::Dns)
+        matches!(
+            self,
+            Self::Auth | Self::HostKey | Self::Dns | Self::Negotiation | Self::Config
+        )
     }
 }
 
@@ -132,6 +142,8 @@ impl fmt::Display for FailureKind {
             Self::HostKey => "host key refused",
             Self::Dns => "unknown host",
             Self::Transport => "transport error",
+            Self::Negotiation => "no algorithm in common",
+            Self::Config => "local configuration error",
             Self::Unknown => "unknown failure",
         })
     }
