@@ -133,6 +133,24 @@ impl FailureKind {
     }
 }
 
+impl FailureKind {
+    /// A short, stable, snake_case name (`"timeout"`, `"host_key"`, ...): the `kind` label of
+    /// the failed-opens metric, and what logs and scripts can match on.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::Refused => "refused",
+            Self::Auth => "auth",
+            Self::HostKey => "host_key",
+            Self::Dns => "dns",
+            Self::Transport => "transport",
+            Self::Negotiation => "negotiation",
+            Self::Config => "config",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
 impl fmt::Display for FailureKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

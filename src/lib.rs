@@ -87,6 +87,7 @@ mod deadline;
 mod error;
 mod events;
 mod guard;
+pub mod metrics;
 mod policy;
 pub mod runtime;
 mod shared;

@@ -33,9 +33,10 @@ use ractor::ActorCell;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::connection::{CommandError, CommandOutput, CommandRunner, ConnectionKey};
+use crate::connection::{CommandError, CommandOutput, CommandRunner, ConnectionKey, FailureKind};
 use crate::error::{Error, Operation, Stage};
 use crate::guard::{Outcome, guarded, sync_guarded};
+use crate::metrics::{Gauge, GaugeGuard, Histogram, PluginMetrics};
 use crate::status::{ConnectionCounters, ConnectionState, ConnectionStatus};
 
 /// When a connection was last asked for something and whether it is busy: written by its
@@ -110,6 +111,7 @@ pub(crate) struct DirectRoute {
     /// At most the plugin's limit of commands at once.
     slots: Arc<Semaphore>,
     activity: Arc<Activity>,
+    command_duration: Histogram,
     /// How a command tells the actor what it saw; the actor decides what it means.
     notify: Arc<dyn Fn(RouteNotice) + Send + Sync>,
 }
@@ -139,12 +141,14 @@ impl DirectRoute {
         runner: Arc<dyn CommandRunner>,
         limit: usize,
         activity: Arc<Activity>,
+        command_duration: Histogram,
         notify: impl Fn(RouteNotice) + Send + Sync + 'static,
     ) -> Self {
         Self {
             runner,
             slots: Arc::new(Semaphore::new(limit.clamp(1, Semaphore::MAX_PERMITS))),
             activity,
+            command_duration,
             notify: Arc::new(notify),
         }
     }
@@ -163,6 +167,7 @@ impl DirectRoute {
     /// Runs one command within `bound` (waiting for a slot included).
     pub(crate) async fn run(&self, key: &ConnectionKey, command: &str, bound: Duration) -> Direct {
         let _in_use = self.activity.use_started();
+        let started = Instant::now();
         let run = async {
             let Ok(_slot) = self.slots.acquire().await else {
                 return None;
@@ -172,6 +177,10 @@ impl DirectRoute {
         let outcome = guarded(bound, run).await;
         // A long command is use until it ends, not only when it starts.
         self.activity.touch();
+        if !matches!(outcome, Outcome::Done(None)) {
+            let took = started.elapsed().as_secs_f64();
+            self.command_duration.record(took);
+        }
         let result = match outcome {
             Outcome::Done(None) => return Direct::NotStarted,
             Outcome::Done(Some(Ok(output))) => Ok(output),
@@ -228,8 +237,8 @@ impl Published {
 }
 
 /// One plugin's [`ConnectionCounters`], counted where each thing happens (see the module
-/// docs for why these are atomics).
-#[derive(Debug, Default)]
+/// docs for why these are atomics), and its metrics, recorded at the same moment.
+#[derive(Debug)]
 pub(crate) struct PluginCounters {
     create_calls: AtomicUsize,
     open_calls: AtomicUsize,
@@ -241,6 +250,7 @@ pub(crate) struct PluginCounters {
     restarts: AtomicUsize,
     quarantines: AtomicUsize,
     open_slot_timeouts: AtomicUsize,
+    pub(crate) metrics: PluginMetrics,
 }
 
 /// What [`PluginCounters::count`] counts.
@@ -249,7 +259,7 @@ pub(crate) enum Count {
     Created,
     Opened,
     Reconnected,
-    FailedOpen,
+    FailedOpen(FailureKind),
     Lost,
     Closed,
     Crashed,
@@ -259,22 +269,48 @@ pub(crate) enum Count {
 }
 
 impl PluginCounters {
-    /// Counts one `what`. Call it before publishing the event that announces it.
+    /// Zeroed counters, and the metrics series, of `plugin`.
+    pub(crate) fn new(plugin: &str) -> Self {
+        let zero = || AtomicUsize::new(0);
+        Self {
+            create_calls: zero(),
+            open_calls: zero(),
+            close_calls: zero(),
+            failed_open_calls: zero(),
+            losses: zero(),
+            reconnects: zero(),
+            crashes: zero(),
+            restarts: zero(),
+            quarantines: zero(),
+            open_slot_timeouts: zero(),
+            metrics: PluginMetrics::new(plugin),
+        }
+    }
+
+    /// Counts one `what`, and records it in the metrics. Call it before publishing the event
+    /// that announces it.
     pub(crate) fn count(&self, what: Count) {
-        let counter = match what {
-            Count::Created => &self.create_calls,
-            Count::Opened => &self.open_calls,
-            Count::Reconnected => &self.reconnects,
-            Count::FailedOpen => &self.failed_open_calls,
-            Count::Lost => &self.losses,
-            Count::Closed => &self.close_calls,
-            Count::Crashed => &self.crashes,
-            Count::Restarted => &self.restarts,
-            Count::Quarantined => &self.quarantines,
-            Count::OpenSlotTimeout => &self.open_slot_timeouts,
+        let m = &self.metrics;
+        let (counter, metric) = match what {
+            Count::Created => (&self.create_calls, Some(&m.creates)),
+            Count::Opened => (&self.open_calls, Some(&m.opens)),
+            Count::Reconnected => (&self.reconnects, Some(&m.reconnects)),
+            Count::FailedOpen(kind) => {
+                m.failed_open(kind);
+                (&self.failed_open_calls, None)
+            }
+            Count::Lost => (&self.losses, Some(&m.losses)),
+            Count::Closed => (&self.close_calls, Some(&m.closes)),
+            Count::Crashed => (&self.crashes, Some(&m.crashes)),
+            Count::Restarted => (&self.restarts, Some(&m.restarts)),
+            Count::Quarantined => (&self.quarantines, Some(&m.quarantines)),
+            Count::OpenSlotTimeout => (&self.open_slot_timeouts, None),
         };
         // SeqCst: a reader that learned of the event through any channel sees the count.
         counter.fetch_add(1, Ordering::SeqCst);
+        if let Some(metric) = metric {
+            metric.increment(1);
+        }
     }
 
     /// A copy of the counters as they are now.
@@ -310,6 +346,9 @@ pub(crate) struct OpenSlots {
     callers: Arc<Semaphore>,
     background: Arc<Semaphore>,
     per_address: usize,
+    /// How long opens wait here, and how many wait now.
+    wait: Histogram,
+    waiting: Gauge,
     /// One semaphore per target address while anyone holds or waits for it; dead entries are
     /// pruned whenever the map has doubled since the last prune, so it stays about the size of
     /// the addresses being opened at once.
@@ -330,6 +369,8 @@ impl OpenSlots {
             callers: Arc::new(Semaphore::new(permits(budget))),
             background: Arc::new(Semaphore::new(permits(budget))),
             per_address: permits(per_address),
+            wait: crate::metrics::histogram("open_slot_wait_seconds", &[]),
+            waiting: crate::metrics::gauge("open_slots_waiting", &[]),
             addresses: std::sync::Mutex::new((HashMap::new(), 64)),
         }
     }
@@ -338,6 +379,15 @@ impl OpenSlots {
     /// order, so nobody holds a budget slot while queueing for a busy address). `None` only if
     /// a semaphore was closed, which nothing does.
     pub(crate) async fn acquire(&self, purpose: OpenFor, address: &str) -> Option<OpenPermit> {
+        // Dropped with the wait, whether it got its slots or its caller gave up.
+        let _waiting = GaugeGuard::new(&self.waiting);
+        let started = Instant::now();
+        let permit = self.acquire_both(purpose, address).await;
+        self.wait.record(started.elapsed().as_secs_f64());
+        permit
+    }
+
+    async fn acquire_both(&self, purpose: OpenFor, address: &str) -> Option<OpenPermit> {
         let address = self.address(address);
         let address = address.acquire_owned().await.ok()?;
         let budget = match purpose {

@@ -39,6 +39,24 @@ pub enum ConnectionState {
     Quarantined,
 }
 
+impl ConnectionState {
+    /// A short, stable, snake_case name (`"open"`, `"reconnecting"`, ...): the `state` label
+    /// of the connections metric.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Opening => "opening",
+            Self::Open => "open",
+            Self::Lost => "lost",
+            Self::Reconnecting => "reconnecting",
+            Self::Failed => "failed",
+            Self::Closing => "closing",
+            Self::Closed => "closed",
+            Self::Quarantined => "quarantined",
+        }
+    }
+}
+
 /// Why something failed: the kind, which decides the retry policy, and a message that never
 /// contains secrets.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -57,7 +57,11 @@ impl ConnectionActorState {
                     self.spawn_command(route, command, deadline, reply);
                     return Ok(());
                 }
-                let result = match guarded(bound, self.connection.execute_command(&command)).await {
+                let started = tokio::time::Instant::now();
+                let outcome = guarded(bound, self.connection.execute_command(&command)).await;
+                let took = started.elapsed().as_secs_f64();
+                self.counters.metrics.command_duration.record(took);
+                let result = match outcome {
                     Outcome::Done(Ok(stdout)) => Ok(CommandOutput {
                         stdout,
                         ..CommandOutput::default()

@@ -10,11 +10,13 @@ use tracing::{debug, warn};
 use crate::connection::{ConnectionKey, FailureKind, LossNotifier, ResolvedConnectionParams};
 use crate::deadline::Deadline;
 use crate::error::{Error, Operation, Stage};
-use crate::events::{CloseReason, EventKind};
+use crate::events::CloseReason;
 use crate::guard::{Outcome, guarded, sync_guarded};
 use crate::runtime::internal::{Report, ReportKind, Tick, TickKind};
 use crate::runtime::messages::{ConnectionMessage, SupervisorMessage};
 use crate::shared::{Count, DirectRoute, OpenFor, RouteNotice};
+
+use super::transition::{Happened, RouteChange, step};
 use crate::status::{ConnectionState, FailureInfo};
 
 use super::ConnectionActorState;
@@ -106,12 +108,12 @@ impl ConnectionActorState {
     ) -> Result<(), Error> {
         if self.alive_now()? {
             if self.status.state != ConnectionState::Open {
-                self.enter(ConnectionState::Open, None);
+                self.enter(Happened::FoundAlive);
             }
             return Ok(());
         }
         self.params = Some(params);
-        self.enter(ConnectionState::Opening, Some(EventKind::Opening));
+        self.enter(Happened::OpenStarted);
         let deadline = Deadline::after(timeout.unwrap_or(self.policy.timeouts.open));
         let mut tries = 0;
         loop {
@@ -142,7 +144,7 @@ impl ConnectionActorState {
                         tokio::time::sleep(pause).await;
                         continue;
                     }
-                    self.enter(ConnectionState::Failed, None);
+                    self.enter(Happened::OpenAbandoned);
                     self.fail_parked(|| error.clone());
                     return Err(error);
                 }
@@ -184,7 +186,8 @@ impl ConnectionActorState {
                 .map_or_else(|| self.key.plugin_name.clone(), |port| port.to_string())
         );
         let slots = self.open_slots.clone();
-        let permit = match tokio::time::timeout(bound, slots.acquire(purpose, &address)).await {
+        let waited = slots.acquire(purpose, &address);
+        let permit = match tokio::time::timeout(bound, waited).await {
             Ok(permit) => permit,
             Err(_) => {
                 self.counters.count(Count::OpenSlotTimeout);
@@ -202,12 +205,17 @@ impl ConnectionActorState {
             }
         };
         let connection = &mut self.connection;
+        let opening = tokio::time::Instant::now();
         let call = async move {
             let _permit = permit;
             connection.open(&params).await
         };
         match guarded(bound.saturating_sub(started.elapsed()), call).await {
-            Outcome::Done(Ok(())) => OpenAttempt::Opened,
+            Outcome::Done(Ok(())) => {
+                let took = opening.elapsed().as_secs_f64();
+                self.counters.metrics.open_duration.record(took);
+                OpenAttempt::Opened
+            }
             Outcome::Done(Err(source)) => {
                 let failure = FailureInfo {
                     kind: source.kind(),
@@ -243,6 +251,7 @@ impl ConnectionActorState {
                     runner,
                     limit,
                     self.activity.clone(),
+                    self.counters.metrics.command_duration.clone(),
                     move |notice| {
                         let tick = match notice {
                             RouteNotice::CheckAlive => TickKind::CheckAlive,
@@ -261,15 +270,11 @@ impl ConnectionActorState {
     }
 
     pub(super) fn opened(&mut self, reconnect: bool) {
-        let attempts = self.status.attempts + 1;
-        self.status.attempts = 0;
-        self.status.next_attempt_at = None;
-        let event = if reconnect {
-            EventKind::Reconnected { attempts }
+        self.enter(if reconnect {
+            Happened::Reconnected
         } else {
-            EventKind::Opened
-        };
-        self.enter(ConnectionState::Open, Some(event));
+            Happened::Opened
+        });
         self.report(ReportKind::Opened {
             key: ConnectionKey::clone(&self.key),
             params: self.params.clone(),
@@ -279,10 +284,7 @@ impl ConnectionActorState {
 
     pub(super) fn open_failed(&mut self, failure: FailureInfo) {
         debug!(%failure, "open failed");
-        self.status.attempts += 1;
-        self.status.last_error = Some(failure.clone());
-        let attempt = self.status.attempts;
-        self.announce(EventKind::OpenFailed { failure, attempt });
+        self.enter(Happened::OpenFailed(failure));
     }
 
     /// Closes the plugin instance unless it already is: the only path to `Closed`, so a
@@ -300,14 +302,13 @@ impl ConnectionActorState {
             key: ConnectionKey::clone(&self.key),
         };
         self.fail_parked(|| closed.clone());
-        self.enter(ConnectionState::Closing, None);
+        self.enter(Happened::CloseStarted);
         match guarded(self.policy.timeouts.close, self.connection.close()).await {
             Outcome::Done(()) => {}
             Outcome::TimedOut(after) => warn!(?after, "close timed out; connection dropped"),
             Outcome::Panicked(message) => warn!(%message, "plugin panicked in close"),
         }
-        self.status.next_attempt_at = None;
-        self.enter(ConnectionState::Closed, Some(EventKind::Closed { reason }));
+        self.enter(Happened::Closed(reason));
         self.report(ReportKind::Closed {
             key: ConnectionKey::clone(&self.key),
             actor: self.id,
@@ -315,50 +316,74 @@ impl ConnectionActorState {
         });
     }
 
-    /// The one place the lifecycle state changes, and everything derived from it, in one
-    /// order: the direct route (published on entering `Open`, withdrawn on leaving it, so it
-    /// never outlives the session it points to), the status for watchers, then the event,
-    /// counted before it is published.
-    pub(super) fn enter(&mut self, next: ConnectionState, event: Option<EventKind>) {
+    /// The one place the lifecycle state changes: [`step`] decides the move, applied here in
+    /// one order: the status, the direct route (published on entering `Open`, withdrawn on
+    /// leaving it, so it never outlives the session it points to), the status for watchers,
+    /// the counts, then the event (counted before it is published, so a subscriber that reads
+    /// the counters after seeing an event finds it counted).
+    pub(super) fn enter(&mut self, happened: Happened) {
+        let step = match step(&self.status, happened) {
+            Ok(step) => step,
+            Err(illegal) => {
+                // A bug in the actor, not in anyone's input: keep the state, say so loudly.
+                warn!(%illegal, "refused");
+                debug_assert!(false, "{illegal}");
+                return;
+            }
+        };
         let previous = self.status.state;
+        let waiting = self.status.waiting_requests;
+        self.status = step.status;
+        self.status.waiting_requests = waiting;
+        let next = self.status.state;
         if previous != next {
             debug!(from = ?previous, to = ?next, "state");
-            self.status.state = next;
+            let metrics = &self.counters.metrics;
+            // Closed connections are gone (their actor stops): no longer gauged.
+            metrics.moved(
+                Some(previous),
+                (next != ConnectionState::Closed).then_some(next),
+            );
+            match next {
+                ConnectionState::Lost => self.lost_at = Some(tokio::time::Instant::now()),
+                ConnectionState::Open => {
+                    if let Some(lost_at) = self.lost_at.take() {
+                        metrics
+                            .reconnect_duration
+                            .record(lost_at.elapsed().as_secs_f64());
+                    }
+                }
+                ConnectionState::Failed | ConnectionState::Closed => self.lost_at = None,
+                _ => {}
+            }
         }
-        let opening = next == ConnectionState::Open && previous != ConnectionState::Open;
-        let leaving = previous == ConnectionState::Open && next != ConnectionState::Open;
-        if opening {
-            let route = self.direct_route();
-            self.published.route(route);
-        } else if leaving {
-            self.published.route(None);
+        match step.route {
+            RouteChange::Publish => {
+                let route = self.direct_route();
+                self.published.route(route);
+            }
+            RouteChange::Withdraw => self.published.route(None),
+            RouteChange::Keep => {}
         }
         self.publish();
-        if let Some(event) = event {
-            self.announce(event);
+        for count in step.counts {
+            self.counters.count(count);
         }
-    }
-
-    /// Counts what `event` reports, then publishes it: a subscriber that reads the counters
-    /// after seeing an event finds it counted.
-    pub(super) fn announce(&self, event: EventKind) {
-        match &event {
-            EventKind::Opened => self.counters.count(Count::Opened),
-            EventKind::Reconnected { .. } => {
-                self.counters.count(Count::Opened);
-                self.counters.count(Count::Reconnected);
-            }
-            EventKind::OpenFailed { .. } => self.counters.count(Count::FailedOpen),
-            EventKind::Lost { .. } => self.counters.count(Count::Lost),
-            EventKind::Closed { .. } => self.counters.count(Count::Closed),
-            _ => {}
+        if let Some(event) = step.event {
+            self.events.emit(&self.key, event);
         }
-        self.events.emit(&self.key, event);
     }
 
     /// Publishes the status to watchers (handles, the supervisor's status queries).
     pub(super) fn publish(&mut self) {
-        self.status.waiting_requests = self.parked.len();
+        let (before, now) = (self.status.waiting_requests, self.parked.len());
+        let parked = &self.counters.metrics.parked_requests;
+        if now > before {
+            parked.increment((now - before) as f64);
+        } else if before > now {
+            parked.decrement((before - now) as f64);
+        }
+        self.status.waiting_requests = now;
         self.published.status(&self.status);
     }
 

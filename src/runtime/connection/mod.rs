@@ -47,6 +47,7 @@ mod reconnect;
 mod requests;
 mod resources;
 mod timers;
+mod transition;
 
 use requests::{CommandReply, CutOff, OpenReply, Reply, Request};
 use resources::{Publisher, Timers};
@@ -102,6 +103,8 @@ pub struct ConnectionActorState {
     backoff_draws: u64,
     /// Requests waiting for a reconnect, with their deadlines.
     parked: VecDeque<(Deadline, Request)>,
+    /// When the open session was lost, for the reconnect-duration metric.
+    lost_at: Option<tokio::time::Instant>,
     timers: Timers,
     random: RandomState,
     /// Commands the actor itself started on the runner (replayed after a reconnect); aborted
@@ -144,6 +147,7 @@ impl Actor for ConnectionActor {
             reconnect_generation: 0,
             backoff_draws: 0,
             parked: VecDeque::new(),
+            lost_at: None,
             timers: Timers::default(),
             random: RandomState::new(),
             commands: JoinSet::new(),
@@ -153,6 +157,7 @@ impl Actor for ConnectionActor {
             state.timers.lifetime = Some(state.tick_after(lifetime, TickKind::LifetimeExpired));
         }
         state.schedule_idle_check(None);
+        state.counters.metrics.moved(None, Some(state.status.state));
         // The lineage's channel may still show the crashed predecessor's last status.
         state.publish();
         if restart {
@@ -194,6 +199,11 @@ impl Drop for ConnectionActorState {
     /// `Close` nor `post_stop` ran. Dropping cannot wait, so the close runs on a task of its
     /// own, bounded by the close timeout, counted and announced as any close.
     fn drop(&mut self) {
+        let metrics = &self.counters.metrics;
+        metrics.moved(Some(self.status.state), None);
+        metrics
+            .parked_requests
+            .decrement(self.status.waiting_requests as f64);
         if matches!(
             self.status.state,
             ConnectionState::Closing | ConnectionState::Closed

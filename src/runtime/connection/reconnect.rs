@@ -14,7 +14,6 @@ use crate::connection::{ConnectionKey, FailureKind};
 use crate::deadline::Deadline;
 use crate::deadline::wall_deadline_after;
 use crate::error::{Error, Stage};
-use crate::events::EventKind;
 use crate::runtime::internal::TickKind;
 use crate::shared::OpenFor;
 use crate::status::{ConnectionState, FailureInfo};
@@ -23,6 +22,7 @@ use super::ConnectionActorState;
 use super::lifecycle::OpenAttempt;
 use super::requests::Request;
 use super::resources::Timers;
+use super::transition::Happened;
 
 impl ConnectionActorState {
     /// The connection went away while open: invalidate the old session, then reconnect (or
@@ -31,13 +31,7 @@ impl ConnectionActorState {
         info!(%reason, "connection lost");
         self.session += 1;
         Timers::cancel(&mut self.timers.health);
-        self.enter(
-            ConnectionState::Lost,
-            Some(EventKind::Lost {
-                reason: reason.clone(),
-            }),
-        );
-        self.status.attempts = 0;
+        self.enter(Happened::Lost(reason.clone()));
         if self.policy.reconnect && self.params.is_some() {
             self.schedule_reconnect();
         } else {
@@ -63,12 +57,10 @@ impl ConnectionActorState {
 
     pub(super) fn schedule_reconnect_in(&mut self, delay: Duration) {
         self.reconnect_generation += 1;
-        self.status.next_attempt_at = Some(wall_deadline_after(delay));
-        let attempt = self.status.attempts + 1;
-        self.enter(
-            ConnectionState::Reconnecting,
-            Some(EventKind::Reconnecting { attempt, delay }),
-        );
+        self.enter(Happened::ReconnectScheduled {
+            delay,
+            at: wall_deadline_after(delay),
+        });
         let tick = TickKind::ReconnectDue {
             generation: self.reconnect_generation,
         };
@@ -80,7 +72,6 @@ impl ConnectionActorState {
     /// callers' when `retry` asked for it.
     pub(super) async fn reconnect(&mut self, purpose: OpenFor) -> Result<(), ActorProcessingErr> {
         self.timers.reconnect = None;
-        self.status.next_attempt_at = None;
         match self.attempt_open(None, purpose).await {
             OpenAttempt::Opened => {
                 self.opened(true);
@@ -112,9 +103,7 @@ impl ConnectionActorState {
 
     pub(super) fn give_up(&mut self, failure: FailureInfo) {
         warn!(%failure, "gave up reconnecting");
-        self.status.last_error = Some(failure.clone());
-        self.status.next_attempt_at = None;
-        self.enter(ConnectionState::Failed, Some(EventKind::GaveUp { failure }));
+        self.enter(Happened::GaveUp(failure));
         let error = self.unavailable();
         self.fail_parked(|| error.clone());
     }

@@ -206,7 +206,7 @@ impl SupervisorState {
         if let Some(counters) = self.counters.get(plugin_name) {
             return counters.clone();
         }
-        let counters = Arc::new(PluginCounters::default());
+        let counters = Arc::new(PluginCounters::new(plugin_name));
         self.counters
             .insert(plugin_name.to_owned(), counters.clone());
         counters

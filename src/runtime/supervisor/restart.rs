@@ -7,7 +7,9 @@ use tracing::{error, warn};
 
 use crate::deadline::{deadline_after, wall_deadline_after};
 use crate::events::EventKind;
+use crate::metrics::GaugeGuard;
 use crate::shared::Count;
+use crate::status::ConnectionState;
 
 use super::SupervisorState;
 use super::slots::{Quarantine, Slot};
@@ -58,6 +60,10 @@ impl SupervisorState {
                 reason,
                 lineage,
                 published: pooled.published,
+                _gauged: counters
+                    .metrics
+                    .connections_in(ConnectionState::Quarantined)
+                    .map(GaugeGuard::new),
             };
             // Handles of this lineage read the quarantine, and their calls get its error.
             let status = quarantine.status();

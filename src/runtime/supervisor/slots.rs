@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use crate::connection::{ConnectionKey, FailureKind, ResolvedConnectionParams};
 use crate::error::{Error, Operation};
 use crate::events::CloseReason;
+use crate::metrics::GaugeGuard;
 use crate::runtime::messages::{ConnectionHandle, ConnectionMessage, GetOrCreateReply, RoutedOpen};
 use crate::shared::{Activity, Published};
 use crate::status::{ConnectionState, ConnectionStatus, FailureInfo};
@@ -99,6 +100,9 @@ pub(super) struct Quarantine {
     /// The lineage's channel: old handles read the quarantine from it, and a restart after it
     /// goes on publishing there.
     pub(super) published: watch::Sender<Published>,
+    /// Counts the key in the quarantined-connections gauge for as long as the quarantine is
+    /// held, however it ends.
+    pub(super) _gauged: Option<GaugeGuard>,
 }
 
 impl Quarantine {
