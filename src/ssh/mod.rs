@@ -46,6 +46,7 @@ use crate::connection::{Connection, ConnectionFactory, ConnectionKey};
 mod auth;
 mod channel;
 mod host_keys;
+mod identities;
 mod options;
 mod session;
 
