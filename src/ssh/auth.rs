@@ -499,6 +499,24 @@ mod tests {
     }
 
     #[test]
+    fn an_extra_of_the_wrong_type_is_named_but_its_value_is_not_shown() {
+        let params = ResolvedConnectionParams {
+            hostname: "r1".into(),
+            username: Some("admin".into()),
+            extras: Some([("passphrase".to_owned(), Value::from(271_828_182))].into()),
+            ..Default::default()
+        };
+        let error = Credentials::resolve(&SshOptions::default(), &params)
+            .err()
+            .expect("a number is no passphrase");
+        assert_eq!(error.kind(), FailureKind::Config);
+        assert_eq!(
+            error.message(),
+            "extras.passphrase for r1 must be a string, not a number"
+        );
+    }
+
+    #[test]
     fn the_password_answers_the_first_secret_prompt_only() {
         let mut sent = false;
         let round = [prompt("Username: ", true), prompt("Password: ", false)];
