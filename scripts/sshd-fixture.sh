@@ -16,6 +16,7 @@
 #   SSHD_KEY          private key (ed25519, no passphrase) authorized for SSHD_USER
 #   SSHD_KNOWN_HOSTS  known_hosts file with the host key for [127.0.0.1]:SSHD_PORT
 #   SSHD_PIDFILE      pid of the listening sshd
+#   SSHD_AUTH_*       the authentication servers (see "authentication servers" below)
 # `start` is idempotent: if this DIR's sshd is already running it is left alone. `stop` removes
 # fixture.env, so tests that look for it skip once the fixture is down; keys and sshd.log stay
 # for debugging.
@@ -265,6 +266,175 @@ start_sshd() {
     done
 }
 
+# --- authentication servers (SSHD_AUTH_*) ----------------------------------------------------
+# Two more sshd instances for the authentication tests (tests/openssh_auth.rs), each with its
+# own config, pid file and log under DIR/auth/, started by `start` and stopped by `stop`:
+#   SSHD_AUTH_KBDINT_PORT   keyboard-interactive only: PasswordAuthentication no,
+#                           KbdInteractiveAuthentication yes, UsePAM yes (PAM asks for the
+#                           password of SSHD_USER)
+#   SSHD_AUTH_PUBKEY_PORT   public key only, with its own authorized_keys and a trusted user CA
+#   SSHD_AUTH_KEY           ed25519 key encrypted with SSHD_AUTH_PASSPHRASE, authorized there
+#   SSHD_AUTH_PASSPHRASE    its passphrase (letters and digits)
+#   SSHD_AUTH_CERT_KEY      ed25519 key (no passphrase) NOT authorized, with
+#                           SSHD_AUTH_CERT_KEY-cert.pub signed by the trusted CA for SSHD_USER
+#   SSHD_AUTH_KNOWN_HOSTS   known_hosts for both ports
+# Both use the main fixture's host key and user.
+
+auth_paths() {
+    AUTH_DIR=$DIR/auth
+    AUTH_KEY=$AUTH_DIR/client_encrypted
+    AUTH_CERT_KEY=$AUTH_DIR/client_cert
+    AUTH_CA=$AUTH_DIR/user_ca
+    AUTH_PASSPHRASE_FILE=$AUTH_DIR/passphrase
+    AUTH_KNOWN_HOSTS=$AUTH_DIR/known_hosts
+}
+
+# Prints the pid of the auth sshd NAME if it runs with its own config.
+auth_running_pid() {
+    local name=$1 pid cmdline
+    [[ -s $AUTH_DIR/$name.pid ]] || return 1
+    pid=$(<"$AUTH_DIR/$name.pid")
+    [[ $pid =~ ^[0-9]+$ ]] || return 1
+    cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+    [[ $cmdline == *"$SSHD"*"-f $AUTH_DIR/$name.config"* ]] || return 1
+    echo "$pid"
+}
+
+# Writes the config of the auth sshd NAME on PORT; its own lines come on stdin.
+auth_write_config() {
+    local name=$1 port=$2 config=$AUTH_DIR/$1.config
+    {
+        cat <<EOF
+# Written by scripts/sshd-fixture.sh (authentication servers); rewritten on every start.
+Port $port
+ListenAddress 127.0.0.1
+HostKey $DIR/ssh_host_ed25519_key
+PidFile $AUTH_DIR/$name.pid
+AllowUsers $FIXTURE_USER
+PermitRootLogin no
+StrictModes no
+MaxStartups 100
+LogLevel VERBOSE
+X11Forwarding no
+PrintMotd no
+PrintLastLog no
+EOF
+        cat
+    } >"$config"
+    if "$SSHD" -t -f "$config" -o PerSourcePenalties=no >/dev/null 2>&1; then
+        echo "PerSourcePenalties no" >>"$config"
+    fi
+    "$SSHD" -t -f "$config" || die "sshd rejected $config"
+}
+
+# Starts the auth sshd NAME (its own config lines on stdin) on a free port; prints the port.
+auth_start_one() {
+    local name=$1 port attempt deadline lines
+    lines=$(cat)
+    for attempt in 1 2 3 4 5; do
+        port=$(pick_free_port)
+        rm -f "$AUTH_DIR/$name.pid"
+        auth_write_config "$name" "$port" <<<"$lines"
+        if "$SSHD" -f "$AUTH_DIR/$name.config" -E "$AUTH_DIR/$name.log"; then
+            deadline=$((SECONDS + START_TIMEOUT_S))
+            until port_open "$port" && auth_running_pid "$name" >/dev/null; do
+                if ((SECONDS >= deadline)); then
+                    tail -n 20 "$AUTH_DIR/$name.log" >&2 || true
+                    die "auth sshd $name did not start listening on 127.0.0.1:$port"
+                fi
+                sleep 0.1
+            done
+            echo "$port"
+            return 0
+        fi
+        log "auth sshd $name could not start on port $port (attempt $attempt)"
+    done
+    die "auth sshd $name failed to start"
+}
+
+auth_start() {
+    auth_paths
+    mkdir -p "$AUTH_DIR"
+    chmod 755 "$AUTH_DIR"
+    local passphrase
+    if [[ ! -s $AUTH_PASSPHRASE_FILE ]]; then
+        install -m 600 /dev/null "$AUTH_PASSPHRASE_FILE"
+        random_password >"$AUTH_PASSPHRASE_FILE"
+    fi
+    passphrase=$(<"$AUTH_PASSPHRASE_FILE")
+    if [[ ! -s $AUTH_KEY ]]; then
+        rm -f "$AUTH_KEY" "$AUTH_KEY.pub"
+        ssh-keygen -q -t ed25519 -N "$passphrase" -C "$FIXTURE_USER@sshd-fixture-encrypted" \
+            -f "$AUTH_KEY"
+    fi
+    [[ -s $AUTH_CA ]] || new_key "$AUTH_CA" "sshd-fixture-user-ca"
+    [[ -s $AUTH_CERT_KEY ]] || new_key "$AUTH_CERT_KEY" "$FIXTURE_USER@sshd-fixture-cert"
+    # Signed on every start, so it never expires on a long-lived machine.
+    ssh-keygen -q -s "$AUTH_CA" -I "$FIXTURE_USER-fixture" -n "$FIXTURE_USER" -V -5m:+30d \
+        "$AUTH_CERT_KEY.pub"
+    cp "$AUTH_KEY.pub" "$AUTH_DIR/authorized_keys"
+    chmod 644 "$AUTH_DIR/authorized_keys" "$AUTH_CA.pub"
+
+    AUTH_KBDINT_PORT=$(
+        auth_start_one kbdint <<EOF
+PasswordAuthentication no
+PubkeyAuthentication no
+KbdInteractiveAuthentication yes
+# Without PAM, sshd has no keyboard-interactive password prompt to offer.
+UsePAM yes
+EOF
+    )
+    AUTH_PUBKEY_PORT=$(
+        auth_start_one pubkey <<EOF
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+UsePAM no
+AuthorizedKeysFile $AUTH_DIR/authorized_keys
+TrustedUserCAKeys $AUTH_CA.pub
+EOF
+    )
+    local host_key port
+    host_key=$(cut -d' ' -f1,2 "$DIR/ssh_host_ed25519_key.pub")
+    : >"$AUTH_KNOWN_HOSTS"
+    for port in "$AUTH_KBDINT_PORT" "$AUTH_PUBKEY_PORT"; do
+        echo "[127.0.0.1]:$port $host_key" >>"$AUTH_KNOWN_HOSTS"
+    done
+    log "auth sshds: keyboard-interactive on $AUTH_KBDINT_PORT, public key on $AUTH_PUBKEY_PORT"
+}
+
+# The fixture.env lines of the authentication servers.
+auth_env() {
+    cat <<EOF
+SSHD_AUTH_KBDINT_PORT=$AUTH_KBDINT_PORT
+SSHD_AUTH_PUBKEY_PORT=$AUTH_PUBKEY_PORT
+SSHD_AUTH_KEY=$AUTH_KEY
+SSHD_AUTH_PASSPHRASE=$(<"$AUTH_PASSPHRASE_FILE")
+SSHD_AUTH_CERT_KEY=$AUTH_CERT_KEY
+SSHD_AUTH_KNOWN_HOSTS=$AUTH_KNOWN_HOSTS
+EOF
+}
+
+auth_stop() {
+    auth_paths
+    local name pid victims
+    for name in kbdint pubkey; do
+        if ! pid=$(auth_running_pid "$name"); then
+            rm -f "$AUTH_DIR/$name.pid"
+            continue
+        fi
+        mapfile -t victims < <(descendants "$pid")
+        victims=("$pid" ${victims[@]+"${victims[@]}"})
+        kill -TERM "${victims[@]}" 2>/dev/null || true
+        if ! wait_gone "$STOP_TIMEOUT_S" "${victims[@]}"; then
+            kill -KILL "${victims[@]}" 2>/dev/null || true
+            wait_gone "$STOP_TIMEOUT_S" "${victims[@]}" || die "processes still alive: ${victims[*]}"
+        fi
+        rm -f "$AUTH_DIR/$name.pid"
+        log "stopped auth sshd $name ($pid)"
+    done
+}
+
 cmd_start() {
     local pid port password attempt
     if pid=$(running_pid); then
@@ -297,6 +467,7 @@ cmd_start() {
     }
 
     echo "[127.0.0.1]:$port $(cut -d' ' -f1,2 "$DIR/ssh_host_ed25519_key.pub")" >"$KNOWN_HOSTS"
+    auth_start
     # Written last and atomically: its presence means the server is up.
     local tmp=$ENV_FILE.tmp
     (
@@ -310,6 +481,7 @@ SSHD_KEY=$CLIENT_KEY
 SSHD_KNOWN_HOSTS=$KNOWN_HOSTS
 SSHD_PIDFILE=$PIDFILE
 EOF
+        auth_env >>"$tmp"
     )
     mv "$tmp" "$ENV_FILE"
     log "sshd running on 127.0.0.1:$port (pid $(<"$PIDFILE")), see $ENV_FILE"
@@ -318,6 +490,7 @@ EOF
 cmd_stop() {
     local pid victims
     rm -f "$ENV_FILE"
+    auth_stop
     if ! pid=$(running_pid); then
         rm -f "$PIDFILE"
         log "not running"

@@ -54,7 +54,8 @@ impl fmt::Debug for PrivateKeySource {
 
 /// Settings for every SSH connection the factory makes. Per host, `ResolvedConnectionParams`
 /// overrides them: `port`, `username`, `password`, and in `extras` `private_key_path`,
-/// `private_key` (the key text) and `private_key_passphrase`.
+/// `private_key` (the key text), `private_key_passphrase` (or `passphrase`) and `agent` (a
+/// bool). A key named in the extras replaces [`Self::identities`] for that host.
 ///
 /// `Debug` never prints the password, the key or its passphrase.
 #[derive(Clone, PartialEq)]
@@ -64,12 +65,21 @@ pub struct SshOptions {
     pub port: u16,
     /// User when the params give none.
     pub username: Option<String>,
-    /// Password when the params give none. Tried after the private key, if both are set.
+    /// Password when the params give none: answers keyboard-interactive password prompts and
+    /// the `password` method, which are tried after the public keys.
     pub password: Option<String>,
-    /// Private key when the params' extras give none. Tried first.
-    pub private_key: Option<PrivateKeySource>,
-    /// Passphrase of the private key, if it is encrypted.
+    /// Private keys tried in order when the params' extras name none, as OpenSSH's repeatable
+    /// `IdentityFile`. For a key file `PATH`, an OpenSSH user certificate in `PATH-cert.pub` is
+    /// offered too, right after the key. Empty by default.
+    pub identities: Vec<PrivateKeySource>,
+    /// Passphrase of the encrypted private keys (the same for all of them). A key that is
+    /// encrypted and cannot be decrypted with it is skipped; if nothing else gets in, the open
+    /// fails with [`FailureKind::Config`](crate::FailureKind::Config) naming the key.
     pub private_key_passphrase: Option<String>,
+    /// Offer the identities of an ssh-agent before the key files, as `ssh` does. Off by default.
+    pub agent: bool,
+    /// The agent's socket; `None`, the default, takes `SSH_AUTH_SOCK` when a connection opens.
+    pub agent_socket: Option<PathBuf>,
     /// How host keys are checked. Defaults to strict against `~/.ssh/known_hosts`.
     pub host_key_policy: HostKeyPolicy,
     /// How often to send a keepalive on an idle session. Defaults to 15 s; `None` or zero turns
@@ -89,8 +99,10 @@ impl Default for SshOptions {
             port: 22,
             username: None,
             password: None,
-            private_key: None,
+            identities: Vec::new(),
             private_key_passphrase: None,
+            agent: false,
+            agent_socket: None,
             host_key_policy: HostKeyPolicy::default(),
             keepalive_interval: Some(Duration::from_secs(15)),
             keepalive_max: 3,
@@ -118,15 +130,44 @@ impl SshOptions {
         self
     }
 
-    /// Sets the private key used when the params' extras give none.
+    /// Makes `key` the only private key used when the params' extras give none (replacing
+    /// any set before; [`Self::identity`] adds one instead).
     pub fn private_key(mut self, key: PrivateKeySource) -> Self {
-        self.private_key = Some(key);
+        self.identities = vec![key];
         self
     }
 
-    /// Sets the passphrase of an encrypted private key.
+    /// Adds a private key, tried after those added before.
+    pub fn identity(mut self, key: PrivateKeySource) -> Self {
+        self.identities.push(key);
+        self
+    }
+
+    /// Adds a private key file, tried after those added before, as each `IdentityFile` line of
+    /// an OpenSSH config does. A leading `~/` stands for the home directory. A certificate in
+    /// `PATH-cert.pub` is offered too.
+    pub fn identity_file(self, path: impl Into<PathBuf>) -> Self {
+        self.identity(PrivateKeySource::Path(path.into()))
+    }
+
+    /// Sets the passphrase of the encrypted private keys.
     pub fn private_key_passphrase(mut self, passphrase: impl Into<String>) -> Self {
         self.private_key_passphrase = Some(passphrase.into());
+        self
+    }
+
+    /// Offers the identities of an ssh-agent first (`true`), as `ssh` does when
+    /// `SSH_AUTH_SOCK` is set. Off by default.
+    pub fn agent(mut self, agent: bool) -> Self {
+        self.agent = agent;
+        self
+    }
+
+    /// Sets the agent's socket (default: `SSH_AUTH_SOCK` when a connection opens). Turns the
+    /// agent on.
+    pub fn agent_socket(mut self, socket: impl Into<PathBuf>) -> Self {
+        self.agent_socket = Some(socket.into());
+        self.agent = true;
         self
     }
 
@@ -179,11 +220,13 @@ impl fmt::Debug for SshOptions {
             .field("port", &self.port)
             .field("username", &self.username)
             .field("password", &redacted(self.password.is_some()))
-            .field("private_key", &self.private_key)
+            .field("identities", &self.identities)
             .field(
                 "private_key_passphrase",
                 &redacted(self.private_key_passphrase.is_some()),
             )
+            .field("agent", &self.agent)
+            .field("agent_socket", &self.agent_socket)
             .field("host_key_policy", &self.host_key_policy)
             .field("keepalive_interval", &self.keepalive_interval)
             .field("keepalive_max", &self.keepalive_max)

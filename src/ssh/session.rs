@@ -115,7 +115,9 @@ impl Connection for SshConnection {
                     None => classify(&error, host, port),
                 }
             })?;
-        credentials.authenticate(&mut session, host).await?;
+        credentials
+            .authenticate(&mut session, &format!("{host}:{port}"))
+            .await?;
         info!(%host, port, user = %credentials.username, "ssh session open");
         self.session = Some(Arc::new(session));
         self.liveness = liveness;

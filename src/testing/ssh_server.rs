@@ -5,10 +5,10 @@
 //! already lives in `ssh_server/channels.rs`, and the command set is the next to move out
 //! when the device-session work (issue 12) grows it.
 //!
-//! [`SshTestServer`] listens on `127.0.0.1`, accepts password and/or public-key logins for one
-//! user and answers `exec` requests with a small, fixed command set (see [`SshTestServer`]).
-//! Tests use its control methods to provoke the failures a connection supervisor must survive:
-//! dropping every live connection at once ([`SshTestServer::drop_all_sessions`]), the device
+//! [`SshTestServer`] listens on `127.0.0.1`, accepts password, public-key, certificate and/or
+//! keyboard-interactive logins for one user (see [`AuthMethod`]) and answers `exec` requests
+//! with a small, fixed command set (see [`SshTestServer`]). Tests use its control methods to
+//! provoke the failures a connection supervisor must survive: dropping every live connection at once ([`SshTestServer::drop_all_sessions`]), the device
 //! going away and coming back on the same port with the same host key
 //! ([`SshTestServer::stop`] / [`SshTestServer::restart`]), credentials suddenly refused
 //! ([`SshTestServer::set_reject_auth`]), slow commands and channel opens
@@ -43,13 +43,15 @@ use std::time::Duration;
 
 use russh::keys::{Algorithm, PrivateKey, PublicKey};
 use russh::server::{self, Auth, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
-use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet, Sig};
+use russh::{Channel, ChannelId, ChannelOpenFailure, Sig};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::{JoinHandle, JoinSet};
 
+mod auth;
 mod channels;
 
+pub use auth::{AuthMethod, PASSWORD_PROMPT, sign_user_certificate};
 use channels::{Channels, Gauge};
 
 /// Username accepted by [`SshTestServerConfig::default`].
@@ -122,6 +124,13 @@ pub struct SshTestServerConfig {
     pub password: Option<String>,
     /// Public key accepted for [`Self::username`]; `None` disables public-key logins.
     pub authorized_key: Option<PublicKey>,
+    /// Login methods offered, in this order (the `none` probe and failures list them).
+    /// Defaults to password and public key; `vec![AuthMethod::KeyboardInteractive]` makes a
+    /// keyboard-interactive-only device. A method offered without its credential still fails.
+    pub auth_methods: Vec<AuthMethod>,
+    /// A CA whose user certificates log [`Self::username`] in when they name it as a
+    /// principal (OpenSSH's `TrustedUserCAKeys`); see [`sign_user_certificate`].
+    pub trusted_user_ca: Option<PublicKey>,
     /// Host key the server presents. `None` generates a new Ed25519 key at start; pass a key to
     /// keep the identity fixed across servers (a [`SshTestServer::restart`] always keeps it).
     pub host_key: Option<PrivateKey>,
@@ -146,6 +155,8 @@ impl Default for SshTestServerConfig {
             username: DEFAULT_USERNAME.to_owned(),
             password: Some(DEFAULT_PASSWORD.to_owned()),
             authorized_key: None,
+            auth_methods: vec![AuthMethod::Password, AuthMethod::PublicKey],
+            trusted_user_ca: None,
             host_key: None,
             port: 0,
             latency: Duration::ZERO,
@@ -165,6 +176,11 @@ impl fmt::Debug for SshTestServerConfig {
             .field(
                 "authorized_key",
                 &self.authorized_key.as_ref().map(PublicKey::algorithm),
+            )
+            .field("auth_methods", &self.auth_methods)
+            .field(
+                "trusted_user_ca",
+                &self.trusted_user_ca.as_ref().map(PublicKey::algorithm),
             )
             .field("host_key", &self.host_key.as_ref().map(|_| "<redacted>"))
             .field("port", &self.port)
@@ -230,7 +246,7 @@ impl SshTestServer {
         let host_key_public = host_key.public_key().clone();
         let ssh_config = Arc::new(server::Config {
             keys: vec![host_key],
-            methods: MethodSet::from(&[MethodKind::Password, MethodKind::PublicKey][..]),
+            methods: auth::method_set(&config.auth_methods),
             // russh pads every rejection to 1 s by default (timing-attack defence); tests that
             // exercise bad credentials would crawl.
             auth_rejection_time: Duration::ZERO,
@@ -247,6 +263,7 @@ impl SshTestServer {
             username: config.username,
             password: config.password,
             authorized_key: config.authorized_key,
+            trusted_user_ca: config.trusted_user_ca,
             latency_nanos: AtomicU64::new(duration_to_nanos(config.latency)),
             reject_auth: AtomicBool::new(config.reject_auth),
             auth_attempts: AtomicU64::new(0),
@@ -427,9 +444,9 @@ impl SshTestServer {
         self.shared.lock_sessions().len()
     }
 
-    /// Number of login attempts carrying a credential (a password, or a public key; a key
-    /// counts once even when the client first probes it and then signs) since the server was
-    /// created, across restarts. The `none` method that clients use to list the methods on
+    /// Number of login attempts carrying a credential (a password, a public key or
+    /// certificate, or a keyboard-interactive exchange; a key counts once even when the client
+    /// first probes it and then signs) since the server was created, across restarts. The `none` method that clients use to list the methods on
     /// offer is not counted. Lets a test prove a client does not retry in a loop.
     pub fn auth_attempts(&self) -> u64 {
         self.shared.auth_attempts.load(Ordering::Relaxed)
@@ -509,6 +526,7 @@ struct Shared {
     username: String,
     password: Option<String>,
     authorized_key: Option<PublicKey>,
+    trusted_user_ca: Option<PublicKey>,
     latency_nanos: AtomicU64,
     reject_auth: AtomicBool,
     auth_attempts: AtomicU64,
@@ -606,6 +624,7 @@ async fn serve_connection(
         shared: shared.clone(),
         commands: JoinSet::new(),
         channels: Channels::default(),
+        conversation: auth::Conversation::default(),
     };
     match server::run_stream(ssh_config, stream, handler).await {
         Ok(session) => match session.await {
@@ -663,6 +682,8 @@ struct SessionHandler {
     commands: JoinSet<()>,
     /// This session's open channels; what is left of them goes with the handler too.
     channels: Channels,
+    /// Where this session's keyboard-interactive login stands.
+    conversation: auth::Conversation,
 }
 
 impl server::Handler for SessionHandler {
@@ -685,11 +706,28 @@ impl server::Handler for SessionHandler {
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
         self.shared.count_auth_attempt();
-        Ok(if self.shared.key_ok(user, offer.public_key) {
-            Auth::Accept
-        } else {
-            Auth::reject()
-        })
+        Ok(auth::accept_if(
+            self.shared.offer_ok(user, offer.public_key),
+        ))
+    }
+
+    async fn auth_openssh_certificate(
+        &mut self,
+        user: &str,
+        certificate: &russh::keys::Certificate,
+    ) -> Result<Auth, Self::Error> {
+        Ok(auth::accept_if(
+            self.shared.certificate_ok(user, certificate),
+        ))
+    }
+
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        user: &str,
+        _submethods: &str,
+        response: Option<server::Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(self.conversation.step(&self.shared, user, response))
     }
 
     async fn auth_publickey(
