@@ -48,9 +48,11 @@ mod channel;
 mod host_keys;
 mod options;
 mod session;
+mod ssh_config;
 
 pub use options::{HostKeyPolicy, PrivateKeySource, SshOptions};
 pub use session::SshConnection;
+pub use ssh_config::{SshClientConfig, SshConfigFile, SshHostConfig, StrictHostKeyChecking};
 
 /// The plugin name the SSH factory serves.
 pub const PLUGIN_NAME: &str = "ssh";
