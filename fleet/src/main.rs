@@ -37,7 +37,7 @@ use connection_supervisor::testing::{
 use connection_supervisor::{
     Backoff, CommandError, ConnectionCounters, ConnectionHandle, ConnectionKey, ConnectionManager,
     ConnectionPolicy, ConnectionState, Error, EventKind, EventStream, ResolvedConnectionParams,
-    SupervisorConfig,
+    SupervisorConfig, Timeouts,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::{Semaphore, mpsc};
@@ -48,6 +48,8 @@ use inventory::{Target, load_inventory};
 
 /// Tries per command: the first, plus retries after the session died under it.
 const TRIES: u32 = 4;
+/// What an open is given beyond the connect timeout, for authentication.
+const AUTH_ALLOWANCE: Duration = Duration::from_secs(20);
 /// How long the chaos keeps devices down.
 const OUTAGE: Duration = Duration::from_millis(1500);
 
@@ -80,6 +82,42 @@ struct Cli {
     /// (see fleet/inventory.sample.toml). Chaos is off: we cannot take them down.
     #[arg(long, value_name = "FILE")]
     inventory: Option<PathBuf>,
+    /// Seconds a command may take (also the bound on waiting for a reconnect to run it).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0, value_parser = positive_seconds)]
+    command_timeout: f64,
+    /// Seconds for TCP connect, SSH banner and key exchange together, unless the inventory or
+    /// the ssh config sets `connect_timeout` / `ConnectTimeout` for a host.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0, value_parser = positive_seconds)]
+    connect_timeout: f64,
+}
+
+/// The open timeout: the default 30 s, or longer when a connect timeout leaves less than
+/// [`AUTH_ALLOWANCE`] of it for authentication, so the stage's own message is what a user sees.
+fn open_timeout(cli_connect_timeout: f64, targets: &[Arc<Target>]) -> Duration {
+    let longest = targets
+        .iter()
+        .filter_map(|target| {
+            target
+                .params
+                .extras
+                .as_ref()?
+                .get("connect_timeout")?
+                .as_f64()
+        })
+        .fold(cli_connect_timeout, f64::max);
+    Timeouts::default()
+        .open
+        .max(Duration::from_secs_f64(longest) + AUTH_ALLOWANCE)
+}
+
+/// A number of seconds above 0, at most a year.
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(seconds) if seconds > 0.0 && seconds <= 86_400.0 * 365.0 => Ok(seconds),
+        _ => Err(format!(
+            "{text:?} is not a number of seconds above 0 (at most a year)"
+        )),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -371,28 +409,38 @@ async fn run(cli: Cli) -> Result<bool, String> {
         return Err("--commands: no command given".into());
     }
 
-    let (lab, targets, host_keys) = match &cli.inventory {
+    let (lab, targets, host_keys, ssh_config) = match &cli.inventory {
         Some(path) => {
-            let (targets, host_keys) = load_inventory(path)?;
-            (None, targets, host_keys)
+            let loaded = load_inventory(path)?;
+            (None, loaded.targets, loaded.host_keys, loaded.ssh_config)
         }
         None => {
             let (lab, targets) =
                 Lab::start(cli.hosts, Duration::from_millis(cli.latency_ms)).await?;
             let host_keys = HostKeyPolicy::Strict(lab.known_hosts());
-            (Some(lab), targets, host_keys)
+            // The lab's devices are ours: no ssh config of the user's applies to them.
+            (Some(lab), targets, host_keys, None)
         }
     };
     let chaos = lab.as_ref().filter(|_| !cli.no_chaos);
     let targets: Vec<Arc<Target>> = targets.into_iter().map(Arc::new).collect();
 
     // Quick first retries so the demo shows the backoff within its outage.
-    let policy = ConnectionPolicy::default().backoff(
-        Backoff::default()
-            .initial(Duration::from_millis(250))
-            .max(Duration::from_secs(2)),
-    );
-    let options = SshOptions::default().host_key_policy(host_keys);
+    let policy = ConnectionPolicy::default()
+        .backoff(
+            Backoff::default()
+                .initial(Duration::from_millis(250))
+                .max(Duration::from_secs(2)),
+        )
+        .timeouts(
+            Timeouts::default()
+                .request(Duration::from_secs_f64(cli.command_timeout))
+                .open(open_timeout(cli.connect_timeout, &targets)),
+        );
+    let mut options = SshOptions::default()
+        .host_key_policy(host_keys)
+        .connect_timeout(Duration::from_secs_f64(cli.connect_timeout));
+    options.ssh_config = ssh_config;
     let config = SupervisorConfig::default()
         .factory(ssh::factory(options))
         .policy(policy);
