@@ -24,7 +24,7 @@
 //! device that would not start), with one line on stderr saying why.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,15 +36,20 @@ use connection_supervisor::testing::{
 };
 use connection_supervisor::{
     Backoff, CommandError, ConnectionCounters, ConnectionHandle, ConnectionKey, ConnectionManager,
-    ConnectionPolicy, ConnectionState, Error, EventKind, EventStream, Extras,
-    ResolvedConnectionParams, SupervisorConfig,
+    ConnectionPolicy, ConnectionState, Error, EventKind, EventStream, ResolvedConnectionParams,
+    SupervisorConfig, Timeouts,
 };
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Deserialize;
 use tokio::sync::{Semaphore, mpsc};
+
+mod inventory;
+
+use inventory::{Target, load_inventory};
 
 /// Tries per command: the first, plus retries after the session died under it.
 const TRIES: u32 = 4;
+/// What an open is given beyond the connect timeout, for authentication.
+const AUTH_ALLOWANCE: Duration = Duration::from_secs(20);
 /// How long the chaos keeps devices down.
 const OUTAGE: Duration = Duration::from_millis(1500);
 
@@ -77,138 +82,46 @@ struct Cli {
     /// (see fleet/inventory.sample.toml). Chaos is off: we cannot take them down.
     #[arg(long, value_name = "FILE")]
     inventory: Option<PathBuf>,
+    /// Seconds a command may take (also the bound on waiting for a reconnect to run it).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0, value_parser = positive_seconds)]
+    command_timeout: f64,
+    /// Seconds for TCP connect, SSH banner and key exchange together, unless the inventory or
+    /// the ssh config sets `connect_timeout` / `ConnectTimeout` for a host.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0, value_parser = positive_seconds)]
+    connect_timeout: f64,
 }
 
-// ---------------------------------------------------------------------------------------------
-// Inventory
-
-/// The inventory file: an optional `[defaults]` table and one `[[hosts]]` table per host.
-#[derive(Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-struct Inventory {
-    #[serde(default)]
-    defaults: HostDefaults,
-    hosts: Vec<InventoryHost>,
+/// The open timeout: the default 30 s, or longer when a connect timeout leaves less than
+/// [`AUTH_ALLOWANCE`] of it for authentication, so the stage's own message is what a user sees.
+fn open_timeout(cli_connect_timeout: f64, targets: &[Arc<Target>]) -> Duration {
+    let longest = targets
+        .iter()
+        .filter_map(|target| {
+            target
+                .params
+                .extras
+                .as_ref()?
+                .get("connect_timeout")?
+                .as_f64()
+        })
+        .fold(cli_connect_timeout, f64::max);
+    Timeouts::default()
+        .open
+        .max(Duration::from_secs_f64(longest) + AUTH_ALLOWANCE)
 }
 
-#[derive(Deserialize, Debug, Default)]
-#[serde(deny_unknown_fields)]
-struct HostDefaults {
-    port: Option<u16>,
-    user: Option<String>,
-    password: Option<String>,
-    key: Option<PathBuf>,
-    /// `strict` (the default), `accept-new` or `accept-any`.
-    host_key_policy: Option<String>,
-    /// known_hosts file for `strict` and `accept-new`; defaults to ~/.ssh/known_hosts.
-    known_hosts: Option<PathBuf>,
-}
-
-#[derive(Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-struct InventoryHost {
-    /// Name shown in the report and used as the connection key; defaults to `host`.
-    name: Option<String>,
-    host: String,
-    port: Option<u16>,
-    user: Option<String>,
-    password: Option<String>,
-    key: Option<PathBuf>,
-}
-
-/// One line saying what is wrong with the inventory file.
-fn load_inventory(path: &Path) -> Result<(Vec<Target>, HostKeyPolicy), String> {
-    let where_ = path.display();
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{where_}: {e}"))?;
-    let inventory: Inventory = toml::from_str(&text).map_err(|e| {
-        let at = e
-            .span()
-            .map(|span| {
-                let line = text[..span.start].matches('\n').count() + 1;
-                format!(" (line {line})")
-            })
-            .unwrap_or_default();
-        format!("{where_}{at}: {}", e.message().trim())
-    })?;
-    if inventory.hosts.is_empty() {
-        return Err(format!("{where_}: no [[hosts]] entries"));
+/// A number of seconds above 0, at most a year.
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(seconds) if seconds > 0.0 && seconds <= 86_400.0 * 365.0 => Ok(seconds),
+        _ => Err(format!(
+            "{text:?} is not a number of seconds above 0 (at most a year)"
+        )),
     }
-    let defaults = inventory.defaults;
-    let policy = match (
-        defaults.host_key_policy.as_deref().unwrap_or("strict"),
-        defaults.known_hosts,
-    ) {
-        ("strict", Some(file)) => HostKeyPolicy::Strict(file),
-        ("strict", None) => HostKeyPolicy::default(),
-        ("accept-new", Some(file)) => HostKeyPolicy::AcceptNew(file),
-        ("accept-new", None) => match HostKeyPolicy::default() {
-            HostKeyPolicy::Strict(file) => HostKeyPolicy::AcceptNew(file),
-            other => other,
-        },
-        ("accept-any", _) => HostKeyPolicy::AcceptAny,
-        (other, _) => {
-            return Err(format!(
-                "{where_}: host_key_policy must be \"strict\", \"accept-new\" or \"accept-any\", not {other:?}"
-            ));
-        }
-    };
-    let mut seen = HashMap::new();
-    let mut targets = Vec::with_capacity(inventory.hosts.len());
-    for (index, host) in inventory.hosts.into_iter().enumerate() {
-        let name = host.name.unwrap_or_else(|| host.host.clone());
-        let entry = format!("{where_}: host {name:?} (entry {})", index + 1);
-        if host.host.trim().is_empty() {
-            return Err(format!("{entry}: `host` is empty"));
-        }
-        if let Some(first) = seen.insert(name.clone(), index + 1) {
-            return Err(format!("{entry}: the name is also used by entry {first}"));
-        }
-        let user = host.user.or_else(|| defaults.user.clone());
-        let password = host.password.or_else(|| defaults.password.clone());
-        let key = host.key.or_else(|| defaults.key.clone());
-        if user.is_none() {
-            return Err(format!("{entry}: no `user` (here or in [defaults])"));
-        }
-        if password.is_none() && key.is_none() {
-            return Err(format!(
-                "{entry}: neither `password` nor `key` (here or in [defaults])"
-            ));
-        }
-        if let Some(key) = &key
-            && !key.is_file()
-        {
-            return Err(format!("{entry}: key file {} not found", key.display()));
-        }
-        let extras: Option<Extras> = key.map(|key| {
-            [(
-                "private_key_path".to_owned(),
-                serde_json::Value::String(key.display().to_string()),
-            )]
-            .into()
-        });
-        targets.push(Target {
-            key: ConnectionKey::new(name, PLUGIN_NAME),
-            params: ResolvedConnectionParams {
-                hostname: host.host,
-                port: Some(host.port.or(defaults.port).unwrap_or(22)),
-                username: user,
-                password,
-                extras,
-                ..ResolvedConnectionParams::default()
-            },
-        });
-    }
-    Ok((targets, policy))
 }
 
 // ---------------------------------------------------------------------------------------------
 // The fleet
-
-/// One host to work on.
-struct Target {
-    key: ConnectionKey,
-    params: ResolvedConnectionParams,
-}
 
 /// Embedded devices and the known_hosts file that trusts exactly their keys.
 struct Lab {
@@ -496,28 +409,38 @@ async fn run(cli: Cli) -> Result<bool, String> {
         return Err("--commands: no command given".into());
     }
 
-    let (lab, targets, host_keys) = match &cli.inventory {
+    let (lab, targets, host_keys, ssh_config) = match &cli.inventory {
         Some(path) => {
-            let (targets, host_keys) = load_inventory(path)?;
-            (None, targets, host_keys)
+            let loaded = load_inventory(path)?;
+            (None, loaded.targets, loaded.host_keys, loaded.ssh_config)
         }
         None => {
             let (lab, targets) =
                 Lab::start(cli.hosts, Duration::from_millis(cli.latency_ms)).await?;
             let host_keys = HostKeyPolicy::Strict(lab.known_hosts());
-            (Some(lab), targets, host_keys)
+            // The lab's devices are ours: no ssh config of the user's applies to them.
+            (Some(lab), targets, host_keys, None)
         }
     };
     let chaos = lab.as_ref().filter(|_| !cli.no_chaos);
     let targets: Vec<Arc<Target>> = targets.into_iter().map(Arc::new).collect();
 
     // Quick first retries so the demo shows the backoff within its outage.
-    let policy = ConnectionPolicy::default().backoff(
-        Backoff::default()
-            .initial(Duration::from_millis(250))
-            .max(Duration::from_secs(2)),
-    );
-    let options = SshOptions::default().host_key_policy(host_keys);
+    let policy = ConnectionPolicy::default()
+        .backoff(
+            Backoff::default()
+                .initial(Duration::from_millis(250))
+                .max(Duration::from_secs(2)),
+        )
+        .timeouts(
+            Timeouts::default()
+                .request(Duration::from_secs_f64(cli.command_timeout))
+                .open(open_timeout(cli.connect_timeout, &targets)),
+        );
+    let mut options = SshOptions::default()
+        .host_key_policy(host_keys)
+        .connect_timeout(Duration::from_secs_f64(cli.connect_timeout));
+    options.ssh_config = ssh_config;
     let config = SupervisorConfig::default()
         .factory(ssh::factory(options))
         .policy(policy);

@@ -32,18 +32,19 @@ const REFUSAL_RETRIES: [Duration; 4] = [
     Duration::from_millis(500),
 ];
 
-/// Runs `command` on a new channel of `session`. A session that cannot open a channel is
-/// reported lost through `liveness`.
+/// Runs `command` on a new channel of `session` (to `address`, named in errors). A session
+/// that cannot open a channel is reported lost through `liveness`.
 pub(super) async fn run(
     session: &Arc<Session>,
     liveness: &Liveness,
+    address: &str,
     command: &str,
 ) -> Result<CommandOutput, CommandError> {
     let channel = open(session).await.map_err(|error| {
         // A server that keeps refusing channels on a session that used to take them (its
         // channel limit reached, by channels of ours it still counts, or its own trouble) will
         // not run another command on it: a new session starts from a clean slate.
-        let reason = format!("cannot open a channel: {error}");
+        let reason = format!("cannot open a channel on {address}: {error}");
         liveness.lost(reason.clone());
         CommandError::ConnectionLost(reason)
     })?;

@@ -59,6 +59,43 @@
 //! [`FailureKind::Config`](crate::FailureKind::Config) naming the file or the agent's socket
 //! (never a password, passphrase or key), since that is what to fix. Both are permanent: the
 //! supervisor does not retry them in a loop.
+//! # OpenSSH client config
+//!
+//! [`SshOptions::ssh_config`] names an `ssh_config(5)` file ([`SshOptions::user_ssh_config`]:
+//! `~/.ssh/config` when it exists). It is read at every open and its `Host` blocks are matched
+//! against the params' `hostname`, as `ssh NAME` matches `NAME`. What it says comes after the
+//! params and their extras, and before the options:
+//!
+//! | keyword | applied as |
+//! | --- | --- |
+//! | `HostName` (`%h` expanded) | the address connected to, and checked in known_hosts |
+//! | `Port`, `User` | when the params give none |
+//! | `ConnectTimeout` | when `extras.connect_timeout` gives none |
+//! | `ServerAliveInterval` | the keepalive interval (`0`: off) |
+//! | `StrictHostKeyChecking` | `yes`/`ask`: strict, `accept-new`, `no`/`off`: any key |
+//! | `UserKnownHostsFile` | the known_hosts file of the host-key policy |
+//!
+//! [`SshClientConfig::host`] gives the rest too ([`SshHostConfig`]: `IdentityFile`,
+//! `ProxyJump`, the algorithm lists as OpenSSH strings). `Match` blocks other than `Match all`
+//! are skipped (the parser, `ssh2-config`, has no `Match`). No config is read by default: a
+//! library should not let the `Host *` lines of whoever runs the program change where it
+//! connects or how host keys are checked; the fleet tool, a command like `ssh`, reads
+//! `~/.ssh/config` unless its inventory says `ssh_config = "none"`.
+//!
+//! # Stages and timeouts
+//!
+//! An open goes through DNS, TCP connect, the server's banner, the key exchange (with the
+//! host-key check), authentication; commands then open channels. Each fails with its own
+//! message naming `host:port`: "TCP connect to 10.0.0.9:22 failed: Connection refused", "no
+//! SSH banner from 127.0.0.1:2299 within 2 s", "key exchange with 10.0.0.9:22 did not finish
+//! within 5 s", "host key ... of 10.0.0.9:22 is not in ...", "10.0.0.9:22 rejected password
+//! for user admin", "cannot open a channel on 10.0.0.9:22: ...". The connect timeout
+//! (`extras.connect_timeout` in seconds, the config's `ConnectTimeout`,
+//! [`SshOptions::connect_timeout`], in that order) bounds TCP connect, banner and key exchange
+//! together, like OpenSSH's `ConnectTimeout`; its expiry is
+//! [`FailureKind::Timeout`](crate::FailureKind::Timeout). Without one, only the supervisor's
+//! open timeout bounds them, and its message names neither stage nor address: set one.
+//! Authentication is bounded by the open timeout alone.
 //!
 //! The core knows nothing of SSH: this module only implements
 //! [`Connection`] and [`CommandRunner`](crate::CommandRunner).
@@ -68,6 +105,12 @@
 //! command is abandoned), `auth.rs` (credentials and authentication; `auth/agent.rs`, keys
 //! through an ssh-agent), `identities.rs` (reading and decrypting keys, certificates beside
 //! them), `host_keys.rs` (russh's callbacks: host-key checks and loss reports).
+//! Files: `options.rs` (what can be set), `ssh_config.rs` (OpenSSH client config files),
+//! `target.rs` (params, config and options merged for one open), `session.rs` (the connection
+//! and its command runner), `handshake.rs` (TCP connect, banner and key exchange, each with
+//! its own error), `channel.rs` (one command on its channel, and the channel's cleanup when
+//! the command is abandoned), `auth.rs` (credentials and authentication), `host_keys.rs`
+//! (russh's callbacks: host-key checks and loss reports).
 
 use std::sync::Arc;
 
@@ -75,13 +118,17 @@ use crate::connection::{Connection, ConnectionFactory, ConnectionKey};
 
 mod auth;
 mod channel;
+mod handshake;
 mod host_keys;
 mod identities;
 mod options;
 mod session;
+mod ssh_config;
+mod target;
 
 pub use options::{HostKeyPolicy, PrivateKeySource, SshOptions};
 pub use session::SshConnection;
+pub use ssh_config::{SshClientConfig, SshConfigFile, SshHostConfig, StrictHostKeyChecking};
 
 /// The plugin name the SSH factory serves.
 pub const PLUGIN_NAME: &str = "ssh";

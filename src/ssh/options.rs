@@ -4,6 +4,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::ssh_config::SshConfigFile;
+
 /// The longest keepalive interval handed to russh, which adds it to the clock unchecked: about
 /// 30 years, an interval that never elapses in practice.
 const KEEPALIVE_INTERVAL_CAP: Duration = Duration::from_secs(86_400 * 365 * 30);
@@ -54,8 +56,11 @@ impl fmt::Debug for PrivateKeySource {
 
 /// Settings for every SSH connection the factory makes. Per host, `ResolvedConnectionParams`
 /// overrides them: `port`, `username`, `password`, and in `extras` `private_key_path`,
-/// `private_key` (the key text), `private_key_passphrase` (or `passphrase`) and `agent` (a
-/// bool). A key named in the extras replaces [`Self::identities`] for that host.
+/// `private_key` (the key text), `private_key_passphrase` (or `passphrase`), `agent` (a
+/// bool) and `connect_timeout` (seconds). A key named in the extras replaces
+/// [`Self::identities`] for that host. Between the two comes the OpenSSH client config, when
+/// [`SshOptions::ssh_config`] names one: params and extras first, then the config, then these
+/// options.
 ///
 /// `Debug` never prints the password, the key or its passphrase.
 #[derive(Clone, PartialEq)]
@@ -91,6 +96,16 @@ pub struct SshOptions {
     /// Commands that may run at once on one connection, each on its own channel. Defaults to
     /// 8, below OpenSSH's `MaxSessions` of 10. 0 is taken as 1.
     pub max_channels: usize,
+    /// The OpenSSH client config to apply (`Host` blocks: `HostName`, `Port`, `User`,
+    /// `ConnectTimeout`, `ServerAliveInterval`, `StrictHostKeyChecking`, `UserKnownHostsFile`).
+    /// Defaults to `None`: no config is read unless asked for, so a program behaves the same
+    /// whichever account runs it (see [`SshOptions::ssh_config`]).
+    pub ssh_config: Option<SshConfigFile>,
+    /// Bound on reaching a usable transport: TCP connect, the server's banner and the key
+    /// exchange (host-key check included), as one budget, like OpenSSH's `ConnectTimeout`.
+    /// Defaults to `None`: only the supervisor's open timeout bounds them, and a stalled
+    /// handshake then fails with that timeout's message instead of the stage's.
+    pub connect_timeout: Option<Duration>,
 }
 
 impl Default for SshOptions {
@@ -107,6 +122,8 @@ impl Default for SshOptions {
             keepalive_interval: Some(Duration::from_secs(15)),
             keepalive_max: 3,
             max_channels: 8,
+            ssh_config: None,
+            connect_timeout: None,
         }
     }
 }
@@ -203,14 +220,53 @@ impl SshOptions {
         self
     }
 
-    /// The keepalive interval russh is given: zero is off, and a longer interval than russh can
-    /// add to the clock is capped. Applied when a session opens, so a value set on the field
-    /// directly is covered too.
-    pub(super) fn effective_keepalive_interval(&self) -> Option<Duration> {
-        self.keepalive_interval
-            .filter(|interval| !interval.is_zero())
-            .map(|interval| interval.min(KEEPALIVE_INTERVAL_CAP))
+    /// Reads this OpenSSH client config file at every open and applies the `Host` blocks that
+    /// match the host's name (the params' `hostname`, as in `ssh NAME`). Its values come after
+    /// the params and extras and before these options: `HostName` replaces the address
+    /// connected to, `Port`, `User` and `ConnectTimeout` apply when the params (and extras)
+    /// give none, `ServerAliveInterval` replaces [`SshOptions::keepalive_interval`], and
+    /// `StrictHostKeyChecking` (`yes`/`ask`: strict, `accept-new`, `no`/`off`: accept any) and
+    /// `UserKnownHostsFile` replace the [`HostKeyPolicy`]. A file that is missing, unreadable or
+    /// malformed fails the open with [`FailureKind::Config`](crate::FailureKind::Config).
+    ///
+    /// Beware: the config can loosen the host-key policy set here (`StrictHostKeyChecking no`),
+    /// as it does for `ssh`.
+    pub fn ssh_config(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ssh_config = Some(SshConfigFile::Path(path.into()));
+        self
     }
+
+    /// Applies `~/.ssh/config` as [`SshOptions::ssh_config`] does, when that file exists (the
+    /// `ssh` client's behaviour). Not the default, because the file belongs to whoever runs
+    /// the program: `Host *` lines written for interactive use would silently change what a
+    /// service connects to, as whom, and how host keys are checked.
+    pub fn user_ssh_config(mut self) -> Self {
+        self.ssh_config = Some(SshConfigFile::User);
+        self
+    }
+
+    /// Reads no OpenSSH client config (the default).
+    pub fn no_ssh_config(mut self) -> Self {
+        self.ssh_config = None;
+        self
+    }
+
+    /// Sets the bound on TCP connect, banner and key exchange together (default `None`: the
+    /// supervisor's open timeout alone). A host's `extras.connect_timeout` (seconds) or its
+    /// ssh config's `ConnectTimeout` come first. `Duration::ZERO` is taken as `None`.
+    pub fn connect_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.connect_timeout = timeout.into().filter(|timeout| !timeout.is_zero());
+        self
+    }
+}
+
+/// The keepalive interval russh is given, from the options' or an ssh config's
+/// `ServerAliveInterval`: zero is off, and a longer interval than russh can add to the clock is
+/// capped. Applied when a session opens, so a value set on the field directly is covered too.
+pub(super) fn effective_keepalive(interval: Option<Duration>) -> Option<Duration> {
+    interval
+        .filter(|interval| !interval.is_zero())
+        .map(|interval| interval.min(KEEPALIVE_INTERVAL_CAP))
 }
 
 impl fmt::Debug for SshOptions {
@@ -231,6 +287,8 @@ impl fmt::Debug for SshOptions {
             .field("keepalive_interval", &self.keepalive_interval)
             .field("keepalive_max", &self.keepalive_max)
             .field("max_channels", &self.max_channels)
+            .field("ssh_config", &self.ssh_config)
+            .field("connect_timeout", &self.connect_timeout)
             .finish()
     }
 }
@@ -242,9 +300,11 @@ mod tests {
     #[test]
     fn a_zero_keepalive_is_off_and_a_huge_one_is_capped() {
         let with = |interval: Option<Duration>| {
-            SshOptions::default()
-                .keepalive_interval(interval)
-                .effective_keepalive_interval()
+            effective_keepalive(
+                SshOptions::default()
+                    .keepalive_interval(interval)
+                    .keepalive_interval,
+            )
         };
         assert_eq!(with(None), None);
         assert_eq!(with(Some(Duration::ZERO)), None);

@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::io;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use russh::Disconnect;
@@ -17,8 +17,10 @@ use crate::connection::{
 
 use super::auth::Credentials;
 use super::channel;
+use super::handshake::{self, Budget};
 use super::host_keys::{ClientHandler, Liveness, Session};
 use super::options::SshOptions;
+use super::target::Target;
 
 /// One SSH connection: a russh session, opened and reopened by the supervisor.
 pub struct SshConnection {
@@ -28,6 +30,8 @@ pub struct SshConnection {
     /// open channels (the runner).
     liveness: Arc<Liveness>,
     notifier: Option<LossNotifier>,
+    /// `host:port` of the open session, for the messages of its commands.
+    address: Arc<str>,
 }
 
 impl fmt::Debug for SshConnection {
@@ -47,6 +51,7 @@ impl SshConnection {
             session: None,
             liveness: Arc::new(Liveness::none()),
             notifier: None,
+            address: Arc::from(""),
         }
     }
 
@@ -77,50 +82,39 @@ impl Connection for SshConnection {
     async fn open(&mut self, params: &ResolvedConnectionParams) -> Result<(), OpenError> {
         // A reopen replaces whatever is left of the previous session.
         self.disconnect().await;
-        let port = params.port.unwrap_or(self.options.port);
-        let host = params.hostname.as_str();
-        let credentials = Credentials::resolve(&self.options, params)?;
+        let target = Target::resolve(&self.options, params)?;
+        let (host, port) = (target.host.as_str(), target.port);
+        let credentials = Credentials::resolve(&self.options, &target.params)?;
+        let address = handshake::address(host, port);
 
         let addrs: Vec<_> = tokio::net::lookup_host((host, port))
             .await
             .map_err(|e| classify_lookup(&e, host))?
             .collect();
-        let stream = connect_any(&addrs, host, port).await?;
+        let budget = Budget::start(target.connect_timeout);
+        let stream = handshake::tcp_connect(&addrs, host, port, &budget).await?;
         let _ = stream.set_nodelay(true);
 
         let liveness = Arc::new(Liveness::new(self.notifier.clone()));
-        let refusal = Arc::new(Mutex::new(None));
         let handler = ClientHandler {
             host: host.to_owned(),
             port,
-            policy: self.options.host_key_policy.clone(),
-            refusal: refusal.clone(),
+            policy: target.host_key_policy.clone(),
+            refusal: Arc::new(Mutex::new(None)),
             liveness: liveness.clone(),
         };
         let config = Arc::new(client::Config {
             nodelay: true,
-            keepalive_interval: self.options.effective_keepalive_interval(),
+            keepalive_interval: target.keepalive_interval,
             keepalive_max: self.options.keepalive_max,
             ..client::Config::default()
         });
-        let mut session = client::connect_stream(config, stream, handler)
-            .await
-            .map_err(|error| {
-                let refused = refusal
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .take();
-                match refused {
-                    Some(reason) => OpenError::new(FailureKind::HostKey, reason),
-                    None => classify(&error, host, port),
-                }
-            })?;
-        credentials
-            .authenticate(&mut session, &format!("{host}:{port}"))
-            .await?;
+        let mut session = handshake::handshake(config, stream, handler, &address, &budget).await?;
+        credentials.authenticate(&mut session, &address).await?;
         info!(%host, port, user = %credentials.username, "ssh session open");
         self.session = Some(Arc::new(session));
         self.liveness = liveness;
+        self.address = address.into();
         Ok(())
     }
 
@@ -133,7 +127,7 @@ impl Connection for SshConnection {
             .session
             .clone()
             .ok_or_else(|| CommandError::ConnectionLost("not open".to_owned()))?;
-        channel::run(&session, &self.liveness, command)
+        channel::run(&session, &self.liveness, &self.address, command)
             .await?
             .into_result()
     }
@@ -142,6 +136,7 @@ impl Connection for SshConnection {
         let runner = SshRunner {
             session: self.session.clone()?,
             liveness: self.liveness.clone(),
+            address: self.address.clone(),
         };
         Some((Arc::new(runner), self.options.max_channels))
     }
@@ -151,35 +146,18 @@ impl Connection for SshConnection {
 struct SshRunner {
     session: Arc<Session>,
     liveness: Arc<Liveness>,
+    address: Arc<str>,
 }
 
 #[async_trait]
 impl CommandRunner for SshRunner {
     async fn run(&self, command: &str) -> Result<CommandOutput, CommandError> {
-        channel::run(&self.session, &self.liveness, command).await
+        channel::run(&self.session, &self.liveness, &self.address, command).await
     }
 
     fn is_alive(&self) -> bool {
         self.liveness.is_alive() && !self.session.is_closed()
     }
-}
-
-async fn connect_any(
-    addrs: &[std::net::SocketAddr],
-    host: &str,
-    port: u16,
-) -> Result<tokio::net::TcpStream, OpenError> {
-    let mut last = None;
-    for addr in addrs {
-        match tokio::net::TcpStream::connect(addr).await {
-            Ok(stream) => return Ok(stream),
-            Err(error) => last = Some(error),
-        }
-    }
-    Err(match last {
-        Some(error) => classify_io(&error, host, port),
-        None => OpenError::new(FailureKind::Dns, format!("{host} resolved to no address")),
-    })
 }
 
 /// A failed name lookup. The resolver's error reaches us only as an `io::Error` whose kind is
@@ -205,32 +183,6 @@ fn classify_lookup(error: &io::Error, host: &str) -> OpenError {
         )
     } else {
         OpenError::new(FailureKind::Dns, format!("cannot resolve {host}: {error}"))
-    }
-}
-
-fn classify_io(error: &io::Error, host: &str, port: u16) -> OpenError {
-    let kind = match error.kind() {
-        io::ErrorKind::ConnectionRefused => FailureKind::Refused,
-        io::ErrorKind::TimedOut => FailureKind::Timeout,
-        _ => FailureKind::Transport,
-    };
-    OpenError::new(kind, format!("{host}:{port}: {error}"))
-}
-
-fn classify(error: &russh::Error, host: &str, port: u16) -> OpenError {
-    match error {
-        russh::Error::IO(io) => classify_io(io, host, port),
-        russh::Error::UnknownKey => OpenError::new(
-            FailureKind::HostKey,
-            format!("host key of {host}:{port} refused"),
-        ),
-        russh::Error::ConnectionTimeout | russh::Error::KeepaliveTimeout => {
-            OpenError::new(FailureKind::Timeout, format!("{host}:{port}: {error}"))
-        }
-        _ => OpenError::new(
-            FailureKind::Transport,
-            format!("ssh handshake with {host}:{port} failed: {error}"),
-        ),
     }
 }
 
