@@ -171,7 +171,7 @@ impl Actor for ConnectionSupervisor {
         let pending = state.close_every_pooled(CloseReason::Shutdown);
         if !pending.is_empty() {
             let bound = state.longest_close_wait();
-            let _ = tokio::time::timeout(bound, futures::future::join_all(pending)).await;
+            let _ = tokio::time::timeout(bound, shutdown::all_done(pending)).await;
         }
         Ok(())
     }
