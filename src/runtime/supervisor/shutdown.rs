@@ -101,7 +101,7 @@ impl SupervisorState {
             // running when the shutdown is answered.
             let _ = tokio::time::timeout(bound, async {
                 for child in &children {
-                    child.wait(None).await;
+                    let _ = child.wait(None).await;
                 }
             })
             .await;
