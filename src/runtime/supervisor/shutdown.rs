@@ -11,7 +11,7 @@ use crate::events::CloseReason;
 use crate::runtime::messages::ConnectionMessage;
 
 use super::SupervisorState;
-use super::slots::Slot;
+use super::slots::{Queued, Slot};
 
 impl SupervisorState {
     pub(super) fn close(
@@ -20,9 +20,15 @@ impl SupervisorState {
         reply: RpcReplyPort<()>,
         reason: CloseReason,
     ) {
+        if let Some(replacement) = self.pool.get_mut(&key).and_then(Slot::replacing) {
+            // Serialised with the replacement, as upstream's lifecycle lock does: the close
+            // runs once it ends, and closes what it leaves.
+            replacement.queued.push(Queued::Close(reply, reason));
+            return;
+        }
         self.restarts.remove(&key);
         match self.take_slot(&key) {
-            None | Some(Slot::Quarantined(_)) => {
+            None | Some(Slot::Quarantined(_) | Slot::Replacing(_)) => {
                 let _ = reply.send(());
             }
             Some(Slot::Ready(pooled)) => {
