@@ -86,6 +86,8 @@ pub mod connection;
 mod deadline;
 mod error;
 mod events;
+#[cfg(feature = "genja")]
+pub mod genja;
 mod guard;
 mod policy;
 pub mod runtime;
