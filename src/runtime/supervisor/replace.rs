@@ -79,7 +79,7 @@ impl SupervisorState {
         };
         self.insert_slot(
             key.clone(),
-            Slot::Replacing(Replacement {
+            Slot::Replacing(Box::new(Replacement {
                 id,
                 lineage,
                 published,
@@ -87,7 +87,7 @@ impl SupervisorState {
                 reply,
                 phase: Phase::ClosingOld,
                 queued,
-            }),
+            })),
         );
         match closing {
             Some(closed) => {
@@ -200,12 +200,12 @@ impl SupervisorState {
                 report(&supervisor, id, key, ReplaceStep::Opened(result));
             });
         }
-        replacement.phase = Phase::Opening(Pooled {
+        replacement.phase = Phase::Opening(Box::new(Pooled {
             handle,
             reopen_with: Some(replacement.params.clone()),
             activity,
             published: replacement.published.clone(),
-        });
+        }));
         self.insert_slot(key, Slot::Replacing(replacement));
     }
 
@@ -250,7 +250,7 @@ impl SupervisorState {
                 match result {
                     Ok(()) => {
                         let handle = pooled.handle.clone();
-                        self.insert_slot(key.clone(), Slot::Ready(pooled));
+                        self.insert_slot(key.clone(), Slot::Ready(*pooled));
                         self.finish(key, replacement, Ok(Some(handle)));
                     }
                     Err(error) => {
@@ -279,8 +279,13 @@ impl SupervisorState {
     }
 
     /// Answers the replacement's caller, then handles what queued behind it, in order.
-    fn finish(&mut self, key: ConnectionKey, replacement: Replacement, answer: GetOrCreateReply) {
-        let Replacement { reply, queued, .. } = replacement;
+    fn finish(
+        &mut self,
+        key: ConnectionKey,
+        replacement: Box<Replacement>,
+        answer: GetOrCreateReply,
+    ) {
+        let Replacement { reply, queued, .. } = *replacement;
         let _ = reply.send(answer);
         for request in queued {
             match request {

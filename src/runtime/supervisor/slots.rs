@@ -21,7 +21,7 @@ pub(super) enum Slot {
     Ready(Pooled),
     Quarantined(Quarantine),
     /// `replace_connection` under way: requests for the key queue until it ends.
-    Replacing(Replacement),
+    Replacing(Box<Replacement>),
 }
 
 /// A replacement in progress: the old instance closing, the new one being made, then opened.
@@ -42,7 +42,7 @@ pub(super) enum Phase {
     /// The factory runs; the timer ends the step if it outlives the open timeout.
     Creating(AbortHandle),
     /// The new instance's actor runs and opens it.
-    Opening(Pooled),
+    Opening(Box<Pooled>),
 }
 
 /// A request that waits for a replacement to end.
@@ -149,7 +149,7 @@ impl Slot {
     /// The replacement under way for this key, if any: requests wait in it.
     pub(super) fn replacing(&mut self) -> Option<&mut Replacement> {
         match self {
-            Slot::Replacing(replacement) => Some(replacement),
+            Slot::Replacing(replacement) => Some(replacement.as_mut()),
             _ => None,
         }
     }
