@@ -23,6 +23,8 @@
 //! end; 1 otherwise; 2 when the job could not run at all (bad flags, a bad inventory file, a
 //! device that would not start), with one line on stderr saying why.
 
+mod genja_inventory;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -74,9 +76,16 @@ struct Cli {
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     latency_ms: u64,
     /// Run against the real hosts listed in this TOML file instead of embedded devices
-    /// (see fleet/inventory.sample.toml). Chaos is off: we cannot take them down.
+    /// (see fleet/inventory.sample.toml), or in a genja/Nornir hosts YAML file or directory.
+    /// Chaos is off: we cannot take them down.
     #[arg(long, value_name = "FILE")]
     inventory: Option<PathBuf>,
+    /// genja/Nornir groups file, with a YAML --inventory.
+    #[arg(long, value_name = "FILE")]
+    groups: Option<PathBuf>,
+    /// genja/Nornir defaults file, with a YAML --inventory.
+    #[arg(long, value_name = "FILE")]
+    defaults: Option<PathBuf>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -498,7 +507,16 @@ async fn run(cli: Cli) -> Result<bool, String> {
 
     let (lab, targets, host_keys) = match &cli.inventory {
         Some(path) => {
-            let (targets, host_keys) = load_inventory(path)?;
+            let (groups, defaults) = (cli.groups.as_deref(), cli.defaults.as_deref());
+            let (targets, host_keys) = match genja_inventory::load(path, groups, defaults)? {
+                Some((hosts, policy)) => {
+                    let targets = hosts
+                        .into_iter()
+                        .map(|(key, params)| Target { key, params });
+                    (targets.collect(), policy)
+                }
+                None => load_inventory(path)?,
+            };
             (None, targets, host_keys)
         }
         None => {

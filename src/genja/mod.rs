@@ -23,6 +23,10 @@
 //! on); [`key_from_genja`], [`params_from_genja`] and their inverses convert between the two
 //! crates' keys and params, which have the same fields.
 
+/// genja-core, the version this module is built against, so a user (or the fleet tool) names
+/// the same types without a version of its own to keep in step.
+pub use genja_core;
+
 mod convert;
 mod plugin;
 mod resolver;
