@@ -357,3 +357,41 @@ async fn a_call_on_an_old_handle_during_the_close_goes_to_the_new_instance() {
     manager.shutdown().await.unwrap();
     ledger.assert_all_closed_once();
 }
+
+#[tokio::test]
+async fn a_shutdown_during_the_replacement_closes_everything_once() {
+    let started = Arc::new(Notify::new());
+    let gate = Arc::new(Notify::new());
+    let (started_in, gate_in) = (started.clone(), gate.clone());
+    let (manager, ledger) = manager_by_instance(move |n| match n {
+        0 => Behaviour::default(),
+        _ => Behaviour {
+            open_started: Some(started_in.clone()),
+            open_gate: Some(gate_in.clone()),
+            ..Behaviour::default()
+        },
+    })
+    .await;
+    manager
+        .open_connection(&key("r1"), &params("r1"))
+        .await
+        .unwrap();
+    let replacing = {
+        let manager = manager.clone();
+        tokio::spawn(async move { manager.replace_connection(&key("r1"), &params("r1")).await })
+    };
+    tokio::time::timeout(Duration::from_secs(5), started.notified())
+        .await
+        .unwrap();
+    let shutting = {
+        let manager = manager.clone();
+        tokio::spawn(async move { manager.shutdown().await })
+    };
+    // The replacement's caller is answered without waiting for its open.
+    let replaced = replacing.await.unwrap();
+    assert!(matches!(replaced, Err(Error::ShutDown)), "{replaced:?}");
+    gate.notify_one();
+    shutting.await.unwrap().unwrap();
+    ledger.assert_all_closed_once();
+    assert_eq!(Ledger::get(&ledger.created), 2);
+}

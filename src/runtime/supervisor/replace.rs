@@ -268,6 +268,52 @@ impl SupervisorState {
         }
     }
 
+    /// A shutdown reached a key being replaced: it does not wait for the replacement. Its
+    /// caller and everything queued behind it get `ShutDown` (queued closes are done); a new
+    /// instance already running is closed with `reply`; an old one still closing, or a factory
+    /// still running, finish on their own (an instance made for nobody is closed when it
+    /// lands, see `finish_creation`).
+    pub(super) fn abandon_replacement(
+        &mut self,
+        replacement: Box<Replacement>,
+        reply: RpcReplyPort<()>,
+        reason: CloseReason,
+    ) {
+        let Replacement {
+            reply: caller,
+            queued,
+            phase,
+            ..
+        } = *replacement;
+        let _ = caller.send(Err(Error::ShutDown));
+        for request in queued {
+            match request {
+                Queued::Get(waiter) => waiter.answer(Err(Error::ShutDown)),
+                Queued::Replace(_, reply) => {
+                    let _ = reply.send(Err(Error::ShutDown));
+                }
+                Queued::Close(reply, _) => {
+                    let _ = reply.send(());
+                }
+            }
+        }
+        match phase {
+            Phase::Opening(pooled) => {
+                let _ = pooled.handle.actor().cast(ConnectionMessage::Close {
+                    reason,
+                    reply: Some(reply),
+                });
+            }
+            Phase::Creating(expiry) => {
+                expiry.abort();
+                let _ = reply.send(());
+            }
+            Phase::ClosingOld => {
+                let _ = reply.send(());
+            }
+        }
+    }
+
     /// Ends the replacement under way for `key` with `answer`, leaving the key empty.
     fn end_replacement(&mut self, key: &ConnectionKey, answer: GetOrCreateReply) {
         if let Some(Slot::Replacing(replacement)) = self.take_slot(key) {

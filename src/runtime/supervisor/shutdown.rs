@@ -20,7 +20,9 @@ impl SupervisorState {
         reply: RpcReplyPort<()>,
         reason: CloseReason,
     ) {
-        if let Some(replacement) = self.pool.get_mut(&key).and_then(Slot::replacing) {
+        if !self.shutting_down
+            && let Some(replacement) = self.pool.get_mut(&key).and_then(Slot::replacing)
+        {
             // Serialised with the replacement, as upstream's lifecycle lock does: the close
             // runs once it ends, and closes what it leaves.
             replacement.queued.push(Queued::Close(reply, reason));
@@ -28,7 +30,10 @@ impl SupervisorState {
         }
         self.restarts.remove(&key);
         match self.take_slot(&key) {
-            None | Some(Slot::Quarantined(_) | Slot::Replacing(_)) => {
+            Some(Slot::Replacing(replacement)) => {
+                self.abandon_replacement(replacement, reply, reason)
+            }
+            None | Some(Slot::Quarantined(_)) => {
                 let _ = reply.send(());
             }
             Some(Slot::Ready(pooled)) => {
