@@ -10,12 +10,22 @@
 //! `accept-new` or `accept-any`) and `known_hosts`, the same for every host (put them in the
 //! defaults).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+#[cfg(feature = "genja")]
+use std::path::PathBuf;
 
+#[cfg(not(feature = "genja"))]
+pub use without_genja::load;
+
+#[cfg(feature = "genja")]
 use connection_supervisor::genja::genja_core::inventory::Inventory;
+#[cfg(feature = "genja")]
 use connection_supervisor::genja::genja_core::settings::{InventoryConfig, OptionsConfig};
+#[cfg(feature = "genja")]
 use connection_supervisor::genja::params_from_genja;
-use connection_supervisor::ssh::{HostKeyPolicy, PLUGIN_NAME};
+use connection_supervisor::ssh::HostKeyPolicy;
+#[cfg(feature = "genja")]
+use connection_supervisor::ssh::PLUGIN_NAME;
 use connection_supervisor::{ConnectionKey, ResolvedConnectionParams};
 
 /// Hosts to run on, by key, with their params, and the host-key policy.
@@ -26,6 +36,7 @@ pub type Loaded = (
 
 /// The genja inventory at `path` (a hosts file or a directory), or `None` when `path` is not
 /// one (a TOML inventory, for the fleet's own loader). Errors are one line naming the file.
+#[cfg(feature = "genja")]
 pub fn load(
     path: &Path,
     groups: Option<&Path>,
@@ -80,6 +91,7 @@ pub fn load(
     resolve(&inventory, path).map(Some)
 }
 
+#[cfg(feature = "genja")]
 fn resolve(inventory: &Inventory, path: &Path) -> Result<Loaded, String> {
     let where_ = path.display();
     let mut targets = Vec::new();
@@ -126,6 +138,7 @@ fn resolve(inventory: &Inventory, path: &Path) -> Result<Loaded, String> {
     Ok((targets, policy))
 }
 
+#[cfg(feature = "genja")]
 fn host_key_policy(params: &ResolvedConnectionParams) -> Result<HostKeyPolicy, String> {
     let extra = |name: &str| {
         params
@@ -165,6 +178,7 @@ fn is_genja_file(path: &Path) -> bool {
     )
 }
 
+#[cfg(feature = "genja")]
 fn find(dir: &Path, stem: &str) -> Option<PathBuf> {
     ["yaml", "yml", "json"]
         .iter()
@@ -172,7 +186,29 @@ fn find(dir: &Path, stem: &str) -> Option<PathBuf> {
         .find(|path| path.is_file())
 }
 
-#[cfg(test)]
+/// Built without genja-core: a TOML path goes to the fleet's own loader, a genja one is refused.
+#[cfg(not(feature = "genja"))]
+mod without_genja {
+    use std::path::Path;
+
+    use super::{Loaded, is_genja_file};
+
+    pub fn load(
+        path: &Path,
+        groups: Option<&Path>,
+        defaults: Option<&Path>,
+    ) -> Result<Option<Loaded>, String> {
+        if path.is_dir() || is_genja_file(path) || groups.is_some() || defaults.is_some() {
+            return Err(format!(
+                "{}: genja inventories need the fleet's `genja` feature (on by default)",
+                path.display()
+            ));
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(all(test, feature = "genja"))]
 mod tests {
     use super::*;
 
