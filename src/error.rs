@@ -227,6 +227,8 @@ pub enum Operation {
     OpenConnection,
     /// [`ConnectionManager::close_connection`](crate::ConnectionManager::close_connection).
     CloseConnection,
+    /// [`ConnectionManager::replace_connection`](crate::ConnectionManager::replace_connection).
+    ReplaceConnection,
     /// [`ConnectionManager::close_all_connections`](crate::ConnectionManager::close_all_connections).
     CloseAllConnections,
     /// [`ConnectionManager::retry`](crate::ConnectionManager::retry).
@@ -270,6 +272,7 @@ impl Operation {
             Self::GetOrCreate => "get_or_create",
             Self::OpenConnection => "open_connection",
             Self::CloseConnection => "close_connection",
+            Self::ReplaceConnection => "replace_connection",
             Self::CloseAllConnections => "close_all_connections",
             Self::Retry => "retry",
             Self::ConnectionStatus => "connection_status",

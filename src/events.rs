@@ -36,6 +36,8 @@ pub enum CloseReason {
     Evicted,
     /// The plugin panicked; the instance was closed before the actor failed.
     Crashed,
+    /// `replace_connection`: a new instance takes this one's place, and its handles follow.
+    Replaced,
 }
 
 /// What happened to a connection.

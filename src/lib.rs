@@ -72,7 +72,10 @@
 //!   creation, restarts, limits, shutdown) and `connection/` (lifecycle, reconnect, commands,
 //!   timers).
 //! - `client/`: [`ConnectionManager`] and [`SupervisorGuard`] over the supervisor's messages,
-//!   and the async calls of [`ConnectionHandle`].
+//!   and the async calls of [`ConnectionHandle`]; `replace_connection` (genja 0.5's session
+//!   verification) is `supervisor/replace.rs`.
+//! - `genja` (feature `genja`): on top of `client/`, genja 0.5's runners, plugins and
+//!   inventory on the supervisor.
 //! - [`ssh`] (feature `ssh`) and [`testing`] (feature `testing`): beside the rest, depending
 //!   only on [`connection`].
 //!
@@ -86,6 +89,8 @@ pub mod connection;
 mod deadline;
 mod error;
 mod events;
+#[cfg(feature = "genja")]
+pub mod genja;
 mod guard;
 pub mod metrics;
 mod policy;

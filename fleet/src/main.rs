@@ -23,6 +23,8 @@
 //! end; 1 otherwise; 2 when the job could not run at all (bad flags, a bad inventory file, a
 //! device that would not start), with one line on stderr saying why.
 
+mod genja_inventory;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -79,7 +81,8 @@ struct Cli {
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     latency_ms: u64,
     /// Run against the real hosts listed in this TOML file instead of embedded devices
-    /// (see fleet/inventory.sample.toml). Chaos is off: we cannot take them down.
+    /// (see fleet/inventory.sample.toml), or in a genja/Nornir hosts YAML file or directory.
+    /// Chaos is off: we cannot take them down.
     #[arg(long, value_name = "FILE")]
     inventory: Option<PathBuf>,
     /// Seconds a command may take (also the bound on waiting for a reconnect to run it).
@@ -89,6 +92,12 @@ struct Cli {
     /// the ssh config sets `connect_timeout` / `ConnectTimeout` for a host.
     #[arg(long, value_name = "SECONDS", default_value_t = 10.0, value_parser = positive_seconds)]
     connect_timeout: f64,
+    /// genja/Nornir groups file, with a YAML --inventory.
+    #[arg(long, value_name = "FILE")]
+    groups: Option<PathBuf>,
+    /// genja/Nornir defaults file, with a YAML --inventory.
+    #[arg(long, value_name = "FILE")]
+    defaults: Option<PathBuf>,
 }
 
 /// The open timeout: the default 30 s, or longer when a connect timeout leaves less than
@@ -411,8 +420,20 @@ async fn run(cli: Cli) -> Result<bool, String> {
 
     let (lab, targets, host_keys, ssh_config) = match &cli.inventory {
         Some(path) => {
-            let loaded = load_inventory(path)?;
-            (None, loaded.targets, loaded.host_keys, loaded.ssh_config)
+            let (groups, defaults) = (cli.groups.as_deref(), cli.defaults.as_deref());
+            match genja_inventory::load(path, groups, defaults)? {
+                // A genja/Nornir inventory carries its SSH settings in connection_options.
+                Some((hosts, policy)) => {
+                    let targets = hosts
+                        .into_iter()
+                        .map(|(key, params)| Target { key, params });
+                    (None, targets.collect(), policy, None)
+                }
+                None => {
+                    let loaded = load_inventory(path)?;
+                    (None, loaded.targets, loaded.host_keys, loaded.ssh_config)
+                }
+            }
         }
         None => {
             let (lab, targets) =

@@ -283,6 +283,31 @@ impl ConnectionManager {
         }
     }
 
+    /// Replaces `key`'s connection with a new, opened instance, for genja 0.5's session
+    /// verification: closes the pooled one (counted), creates one through the factory and opens
+    /// it with `params` (counted on success). Atomic for the key: opens of it that arrive
+    /// meanwhile wait and get the new instance; handles to the old one follow to it. `Ok(None)`
+    /// when the factory has no plugin for the key, and a failed open (its error returned),
+    /// leave the key empty (the failed instance is closed).
+    ///
+    /// # Cancel safety
+    ///
+    /// Once sent, the replacement runs to its end even if this future is dropped.
+    pub async fn replace_connection(
+        &self,
+        key: &ConnectionKey,
+        params: &ResolvedConnectionParams,
+    ) -> Result<Option<ConnectionHandle>, Error> {
+        // The old close, the factory, the open, and the actor's and the supervisor's answers.
+        let t = self.timeouts_for(&key.plugin_name);
+        let bound = [t.open, t.open, t.request, t.request]
+            .into_iter()
+            .fold(t.close_wait(), Duration::saturating_add);
+        let (key, params) = (key.clone(), params.clone());
+        let build = |reply| SupervisorMessage::ReplaceConnection { key, params, reply };
+        ask_supervisor(&self.supervisor, build, bound, Operation::ReplaceConnection).await?
+    }
+
     /// Closes the connection for `key` and removes it from the pool; an unknown key is `Ok` and
     /// counts nothing. Returns once the plugin's `close` has returned or timed out. Closing a
     /// quarantined key lifts the quarantine.

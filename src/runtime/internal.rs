@@ -114,6 +114,21 @@ pub(crate) enum ReportKind {
         actor: ActorId,
         reason: CloseReason,
     },
+    /// A step of replacement `replacement` of `key` ended (its waits run on tasks of their own).
+    ReplaceProgress {
+        replacement: u64,
+        key: ConnectionKey,
+        step: ReplaceStep,
+    },
+}
+
+/// What a replacement's delegated wait saw.
+#[derive(Debug)]
+pub(crate) enum ReplaceStep {
+    /// The old instance is closed (or its close outlived the close wait and goes on alone).
+    OldClosed,
+    /// The new instance's open ended.
+    Opened(Result<(), Error>),
 }
 
 impl fmt::Debug for Tick {
@@ -169,6 +184,16 @@ impl fmt::Debug for Report {
                 .field("key", key)
                 .field("actor", actor)
                 .field("reason", reason)
+                .finish(),
+            ReportKind::ReplaceProgress {
+                replacement,
+                key,
+                step,
+            } => f
+                .debug_struct("ReplaceProgress")
+                .field("replacement", replacement)
+                .field("key", key)
+                .field("step", step)
                 .finish(),
         }
     }

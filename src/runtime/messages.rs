@@ -62,6 +62,19 @@ pub enum SupervisorMessage {
         /// Answered when the close is done.
         reply: RpcReplyPort<()>,
     },
+    /// Replaces the connection for `key` with a new instance: the old one is closed, a new one
+    /// is made by the factory and opened with `params`, and only then is the key served again
+    /// (requests for it that arrive meanwhile wait and get the new one). Handles to the old
+    /// instance follow to the new one. `Ok(None)` when the factory has no plugin for the key,
+    /// and a failed open, closes the new instance and leaves the key empty.
+    ReplaceConnection {
+        /// The connection to replace.
+        key: ConnectionKey,
+        /// What to open the new instance with.
+        params: ResolvedConnectionParams,
+        /// Answered with the new instance once it is open, or with the error.
+        reply: RpcReplyPort<GetOrCreateReply>,
+    },
     /// Closes every pooled connection exactly once and empties the pool. Connections created
     /// after this message is handled are not affected.
     CloseAll {
@@ -300,6 +313,11 @@ impl fmt::Debug for SupervisorMessage {
             Self::CloseConnection { key, .. } => {
                 f.debug_tuple("CloseConnection").field(key).finish()
             }
+            Self::ReplaceConnection { key, params, .. } => f
+                .debug_tuple("ReplaceConnection")
+                .field(key)
+                .field(params)
+                .finish(),
             Self::CloseAll { .. } => f.write_str("CloseAll"),
             Self::Retry { key, .. } => f.debug_tuple("Retry").field(key).finish(),
             Self::Status { key, .. } => f.debug_tuple("Status").field(key).finish(),

@@ -296,6 +296,7 @@ impl ConnectionActorState {
         ) {
             return;
         }
+        self.replaced = reason == CloseReason::Replaced;
         self.timers.cancel_all();
         self.commands.abort_all();
         let closed = Error::Closed {

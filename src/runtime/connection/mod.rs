@@ -110,6 +110,9 @@ pub struct ConnectionActorState {
     /// Commands the actor itself started on the runner (replayed after a reconnect); aborted
     /// on close so none outlives the connection.
     commands: JoinSet<()>,
+    /// Closed by `replace_connection`: requests sent after the close are left unanswered
+    /// (never taken), so the handles send them again to the new instance.
+    replaced: bool,
     span: tracing::Span,
 }
 
@@ -151,6 +154,7 @@ impl Actor for ConnectionActor {
             timers: Timers::default(),
             random: RandomState::new(),
             commands: JoinSet::new(),
+            replaced: false,
             span,
         };
         if let Some(lifetime) = state.policy.max_lifetime {
@@ -385,6 +389,10 @@ impl ConnectionActorState {
     }
 
     fn refuse(&self, message: ConnectionMessage) {
+        if self.replaced && !matches!(message, ConnectionMessage::Close { .. }) {
+            // Dropped with its reply port: the sender sees it was not taken, and asks again.
+            return;
+        }
         let closed = || Error::Closed {
             key: ConnectionKey::clone(&self.key),
         };

@@ -26,6 +26,7 @@ use crate::status::{ConnectionState, ConnectionStatus};
 
 mod limits;
 mod pool;
+mod replace;
 mod restart;
 mod shutdown;
 mod slots;
@@ -113,6 +114,9 @@ impl Actor for ConnectionSupervisor {
             }
             SupervisorMessage::OpenConnection { key, params, reply } => {
                 state.get_or_create(key, Waiter::Open(params, reply))
+            }
+            SupervisorMessage::ReplaceConnection { key, params, reply } => {
+                state.replace(key, params, reply);
             }
             SupervisorMessage::CloseConnection { key, reply } => {
                 state.close(key, reply, CloseReason::Requested);
@@ -217,6 +221,7 @@ impl SupervisorState {
             Slot::Ready(pooled) => pooled.handle.status(),
             Slot::Creating(_) => ConnectionStatus::new(ConnectionState::Created),
             Slot::Quarantined(quarantine) => quarantine.status(),
+            Slot::Replacing(replacement) => replacement.published.borrow().status.clone(),
         })
     }
 
@@ -226,13 +231,30 @@ impl SupervisorState {
                 creation,
                 key,
                 result,
-            } => self.finish_creation(creation, key, result).await,
+            } => {
+                if self.is_replacement(&key, creation) {
+                    self.replacement_made(creation, key, result).await;
+                } else {
+                    self.finish_creation(creation, key, result).await;
+                }
+            }
             ReportKind::Opened { key, params } => {
                 if let Some(Slot::Ready(pooled)) = self.pool.get_mut(&key) {
                     pooled.reopen_with = params;
                 }
             }
-            ReportKind::CreationExpired { creation, key } => self.expire_creation(creation, key),
+            ReportKind::CreationExpired { creation, key } => {
+                if self.is_replacement(&key, creation) {
+                    self.replacement_expired(creation, key);
+                } else {
+                    self.expire_creation(creation, key);
+                }
+            }
+            ReportKind::ReplaceProgress {
+                replacement,
+                key,
+                step,
+            } => self.replacement_step(replacement, key, step).await,
             ReportKind::Closed { key, actor, reason } => {
                 // A connection closed by a direct message (not through the supervisor) leaves
                 // the pool here. A crashed one is still pooled until its ActorFailed arrives,

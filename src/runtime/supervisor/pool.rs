@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorId, ActorRef, RpcReplyPort};
 use tokio::sync::watch;
+use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::{debug, error, warn};
 
@@ -20,7 +21,7 @@ use crate::runtime::messages::{ConnectionHandle, ConnectionMessage, SupervisorMe
 use crate::shared::{Activity, Count, Published};
 
 use super::SupervisorState;
-use super::slots::{Creation, Pooled, Quarantine, Slot, Waiter, answer_all, quarantined};
+use super::slots::{Creation, Pooled, Quarantine, Queued, Slot, Waiter, answer_all, quarantined};
 
 impl SupervisorState {
     pub(super) fn get_or_create(&mut self, key: ConnectionKey, reply: Waiter) {
@@ -35,6 +36,10 @@ impl SupervisorState {
             }
             Some(Slot::Creating(creation)) => {
                 creation.waiters.push(reply);
+                return;
+            }
+            Some(Slot::Replacing(replacement)) => {
+                replacement.queued.push(Queued::Get(reply));
                 return;
             }
             Some(Slot::Quarantined(quarantine)) => {
@@ -69,27 +74,10 @@ impl SupervisorState {
         reopen_with: Option<ResolvedConnectionParams>,
         published: Option<watch::Sender<Published>>,
     ) {
-        let Some(factory) = self.config.factory.clone() else {
+        let id = self.fresh_id();
+        let Some(expiry) = self.run_factory(id, &key) else {
             answer_all(waiters, || Err(Error::FactoryNotSet));
             return;
-        };
-        let id = self.fresh_id();
-        let timeouts = self.config.policy_for(&key.plugin_name).timeouts;
-        spawn_factory_task(
-            self.myself.clone(),
-            factory,
-            id,
-            key.clone(),
-            timeouts.close,
-        );
-        let expiry = {
-            let (supervisor, key) = (self.myself.clone(), key.clone());
-            tokio::spawn(async move {
-                tokio::time::sleep(timeouts.open).await;
-                let expired = ReportKind::CreationExpired { creation: id, key };
-                let _ = supervisor.cast(SupervisorMessage::Report(Report(expired)));
-            })
-            .abort_handle()
         };
         self.insert_slot(
             key,
@@ -103,6 +91,28 @@ impl SupervisorState {
                 expiry,
             }),
         );
+    }
+
+    /// Starts creation `id` of `key`: the factory on a task of its own, which reports
+    /// `FactoryDone`, and a timer that reports `CreationExpired` after the open timeout.
+    /// `None` when no factory is set.
+    pub(super) fn run_factory(&mut self, id: u64, key: &ConnectionKey) -> Option<AbortHandle> {
+        let factory = self.config.factory.clone()?;
+        let timeouts = self.config.policy_for(&key.plugin_name).timeouts;
+        spawn_factory_task(
+            self.myself.clone(),
+            factory,
+            id,
+            key.clone(),
+            timeouts.close,
+        );
+        let (supervisor, key) = (self.myself.clone(), key.clone());
+        let expiry = tokio::spawn(async move {
+            tokio::time::sleep(timeouts.open).await;
+            let expired = ReportKind::CreationExpired { creation: id, key };
+            let _ = supervisor.cast(SupervisorMessage::Report(Report(expired)));
+        });
+        Some(expiry.abort_handle())
     }
 
     pub(super) async fn finish_creation(
@@ -147,48 +157,26 @@ impl SupervisorState {
                 return;
             }
         };
-        let counters = self.counters_for(&key.plugin_name);
-        counters.count(Count::Created);
-        self.events.emit(&key, EventKind::Created);
-        let policy = self.config.policy_for(&key.plugin_name).clone();
-        let timeouts = policy.timeouts;
         let published_tx = published.unwrap_or_else(|| watch::channel(Published::new()).0);
-        let published_rx = published_tx.subscribe();
-        let activity = Arc::new(Activity::new(self.epoch));
-        let args = ConnectionArgs {
-            key: key.clone(),
-            connection,
-            supervisor: self.myself.clone(),
-            policy,
-            open_slots: self.open_slots.clone(),
-            events: self.events.clone(),
-            published: published_tx.clone(),
-            activity: activity.clone(),
-            counters,
-            reopen_with: reopen_with.clone(),
-        };
-        let spawned =
-            Actor::spawn_linked(None, ConnectionActor, args, self.myself.get_cell()).await;
-        let actor = match spawned {
-            Ok((actor, _join)) => actor,
-            Err(spawn_error) => {
-                // Only happens when the supervisor itself is stopping; the connection (never
-                // opened) went down with the failed spawn.
-                error!(%key, %spawn_error, "could not start a connection actor");
-                answer_all(waiters, || {
-                    Err(Error::Spawn {
-                        key: Some(key.clone()),
-                        message: spawn_error.to_string(),
-                    })
-                });
+        let (handle, activity) = match self
+            .spawn_connection(
+                &key,
+                connection,
+                lineage,
+                reopen_with.clone(),
+                &published_tx,
+            )
+            .await
+        {
+            Ok(spawned) => spawned,
+            Err(error) => {
+                answer_all(waiters, || Err(error.clone()));
                 return;
             }
         };
-        let handle = ConnectionHandle::new(key.clone(), actor, lineage, timeouts, published_rx);
         for waiter in waiters {
             waiter.serve(&handle);
         }
-        self.children.insert(handle.actor().get_id(), key.clone());
         match closer {
             Some((closer, reason)) => {
                 let _ = handle.actor().cast(ConnectionMessage::Close {
@@ -208,6 +196,53 @@ impl SupervisorState {
                 );
             }
         }
+    }
+
+    /// Counts a connection the factory made and spawns its actor on the lineage's channel.
+    pub(super) async fn spawn_connection(
+        &mut self,
+        key: &ConnectionKey,
+        connection: Box<dyn Connection>,
+        lineage: u64,
+        reopen_with: Option<ResolvedConnectionParams>,
+        published: &watch::Sender<Published>,
+    ) -> Result<(ConnectionHandle, Arc<Activity>), Error> {
+        let counters = self.counters_for(&key.plugin_name);
+        counters.count(Count::Created);
+        self.events.emit(key, EventKind::Created);
+        let policy = self.config.policy_for(&key.plugin_name).clone();
+        let timeouts = policy.timeouts;
+        let published_rx = published.subscribe();
+        let activity = Arc::new(Activity::new(self.epoch));
+        let args = ConnectionArgs {
+            key: key.clone(),
+            connection,
+            supervisor: self.myself.clone(),
+            policy,
+            open_slots: self.open_slots.clone(),
+            events: self.events.clone(),
+            published: published.clone(),
+            activity: activity.clone(),
+            counters,
+            reopen_with,
+        };
+        let spawned =
+            Actor::spawn_linked(None, ConnectionActor, args, self.myself.get_cell()).await;
+        let actor = match spawned {
+            Ok((actor, _join)) => actor,
+            Err(spawn_error) => {
+                // Only happens when the supervisor itself is stopping; the connection (never
+                // opened) went down with the failed spawn.
+                error!(%key, %spawn_error, "could not start a connection actor");
+                return Err(Error::Spawn {
+                    key: Some(key.clone()),
+                    message: spawn_error.to_string(),
+                });
+            }
+        };
+        self.children.insert(actor.get_id(), key.clone());
+        let handle = ConnectionHandle::new(key.clone(), actor, lineage, timeouts, published_rx);
+        Ok((handle, activity))
     }
 
     /// Takes creation `id` of `key` out of the pool, or out of the orphans if the key was
@@ -249,7 +284,11 @@ impl SupervisorState {
 
     /// Closes a connection the factory made for nobody (its creation expired), counting it
     /// as created and closed so the counters still balance.
-    fn close_unpooled(&mut self, key: ConnectionKey, mut connection: Box<dyn Connection>) {
+    pub(super) fn close_unpooled(
+        &mut self,
+        key: ConnectionKey,
+        mut connection: Box<dyn Connection>,
+    ) {
         let counters = self.counters_for(&key.plugin_name);
         counters.count(Count::Created);
         let bound = self.config.policy_for(&key.plugin_name).timeouts.close;
@@ -268,7 +307,7 @@ impl SupervisorState {
                     .actor()
                     .cast(ConnectionMessage::Retry { reply });
             }
-            Some(Slot::Creating(_)) => {
+            Some(Slot::Creating(_) | Slot::Replacing(_)) => {
                 let _ = reply.send(Ok(()));
             }
             Some(Slot::Quarantined(_)) => {

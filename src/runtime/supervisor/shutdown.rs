@@ -10,7 +10,7 @@ use crate::events::CloseReason;
 use crate::runtime::messages::ConnectionMessage;
 
 use super::SupervisorState;
-use super::slots::Slot;
+use super::slots::{Queued, Slot};
 
 impl SupervisorState {
     pub(super) fn close(
@@ -19,8 +19,19 @@ impl SupervisorState {
         reply: RpcReplyPort<()>,
         reason: CloseReason,
     ) {
+        if !self.shutting_down
+            && let Some(replacement) = self.pool.get_mut(&key).and_then(Slot::replacing)
+        {
+            // Serialised with the replacement, as upstream's lifecycle lock does: the close
+            // runs once it ends, and closes what it leaves.
+            replacement.queued.push(Queued::Close(reply, reason));
+            return;
+        }
         self.restarts.remove(&key);
         match self.take_slot(&key) {
+            Some(Slot::Replacing(replacement)) => {
+                self.abandon_replacement(replacement, reply, reason)
+            }
             None | Some(Slot::Quarantined(_)) => {
                 let _ = reply.send(());
             }

@@ -21,6 +21,36 @@ pub(super) enum Slot {
     Creating(Creation),
     Ready(Pooled),
     Quarantined(Quarantine),
+    /// `replace_connection` under way: requests for the key queue until it ends.
+    Replacing(Box<Replacement>),
+}
+
+/// A replacement in progress: the old instance closing, the new one being made, then opened.
+pub(super) struct Replacement {
+    pub(super) id: u64,
+    pub(super) lineage: u64,
+    /// The lineage's channel: handles of the old instance follow to the new one through it.
+    pub(super) published: watch::Sender<Published>,
+    pub(super) params: ResolvedConnectionParams,
+    pub(super) reply: RpcReplyPort<GetOrCreateReply>,
+    pub(super) phase: Phase,
+    /// What arrived for the key meanwhile, handled in order once the replacement ends.
+    pub(super) queued: Vec<Queued>,
+}
+
+pub(super) enum Phase {
+    ClosingOld,
+    /// The factory runs; the timer ends the step if it outlives the open timeout.
+    Creating(AbortHandle),
+    /// The new instance's actor runs and opens it.
+    Opening(Box<Pooled>),
+}
+
+/// A request that waits for a replacement to end.
+pub(super) enum Queued {
+    Get(Waiter),
+    Replace(ResolvedConnectionParams, RpcReplyPort<GetOrCreateReply>),
+    Close(RpcReplyPort<()>, CloseReason),
 }
 
 pub(super) struct Creation {
@@ -118,6 +148,14 @@ impl Quarantine {
 impl Slot {
     pub(super) fn holds_a_connection(&self) -> bool {
         !matches!(self, Slot::Quarantined(_))
+    }
+
+    /// The replacement under way for this key, if any: requests wait in it.
+    pub(super) fn replacing(&mut self) -> Option<&mut Replacement> {
+        match self {
+            Slot::Replacing(replacement) => Some(replacement.as_mut()),
+            _ => None,
+        }
     }
 }
 
