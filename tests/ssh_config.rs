@@ -388,3 +388,62 @@ async fn every_stage_names_the_address() {
     connection.close().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn identity_file_from_the_config_logs_in_where_the_options_key_does_not() {
+    let dir = scratch_dir();
+    let authorized = connection_supervisor::testing::generate_ed25519_key().expect("a key");
+    let other = connection_supervisor::testing::generate_ed25519_key().expect("another key");
+    let server = SshTestServer::start(SshTestServerConfig {
+        authorized_key: Some(authorized.public_key().clone()),
+        auth_methods: vec![connection_supervisor::testing::AuthMethod::PublicKey],
+        ..SshTestServerConfig::default()
+    })
+    .await
+    .expect("the embedded server starts");
+    let write_key = |name: &str, key: &russh::keys::PrivateKey| {
+        let path = dir.join(name);
+        let text = key
+            .to_openssh(russh::keys::ssh_key::LineEnding::LF)
+            .expect("the key encodes");
+        std::fs::write(&path, text.as_bytes()).expect("key written");
+        path
+    };
+    let (good, bad) = (
+        write_key("id_good", &authorized),
+        write_key("id_bad", &other),
+    );
+    let config = dir.join("config");
+    std::fs::write(
+        &config,
+        format!(
+            "Host dev\n    HostName 127.0.0.1\n    Port {}\n    User {}\n    IdentityFile {}\n",
+            server.port(),
+            DEFAULT_USERNAME,
+            good.display()
+        ),
+    )
+    .expect("config written");
+    let base = SshOptions::default()
+        .host_key_policy(HostKeyPolicy::Strict(known_hosts(&dir, &[&server])))
+        .identity_file(&bad);
+    let params = ResolvedConnectionParams::new("dev");
+
+    // The options' key alone is refused; the config's IdentityFile replaces it and gets in.
+    let error = open_and_run(
+        base.clone().no_ssh_config(),
+        &ResolvedConnectionParams {
+            port: Some(server.port()),
+            username: Some(DEFAULT_USERNAME.into()),
+            ..ResolvedConnectionParams::new("127.0.0.1")
+        },
+    )
+    .await
+    .expect_err("the options' key is not authorized");
+    assert_eq!(error.kind(), FailureKind::Auth, "{error}");
+    let out = open_and_run(base.ssh_config(&config), &params)
+        .await
+        .expect("IdentityFile from the config logs in");
+    assert_eq!(out.trim(), "device");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -98,6 +98,10 @@ struct Cli {
     /// genja/Nornir defaults file, with a YAML --inventory.
     #[arg(long, value_name = "FILE")]
     defaults: Option<PathBuf>,
+    /// Serve the supervisor's metrics in Prometheus' text format on http://ADDR/metrics for
+    /// the whole run (e.g. 127.0.0.1:9898).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 /// The open timeout: the default 30 s, or longer when a connect timeout leaves less than
@@ -465,6 +469,14 @@ async fn run(cli: Cli) -> Result<bool, String> {
     let config = SupervisorConfig::default()
         .factory(ssh::factory(options))
         .policy(policy);
+    // Before the supervisor: its series are registered with the recorder installed then.
+    if let Some(addr) = cli.metrics {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .map_err(|e| format!("--metrics {addr}: {e}"))?;
+        eprintln!("metrics: http://{addr}/metrics");
+    }
     let manager = ConnectionManager::spawn(config)
         .await
         .map_err(|e| format!("starting the supervisor: {e}"))?;

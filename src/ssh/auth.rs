@@ -42,9 +42,12 @@ pub(super) struct Credentials {
 }
 
 impl Credentials {
+    /// `config_identities` are the ssh config's `IdentityFile`s for the host: they come after a
+    /// key the params name and before the options' keys, which they replace.
     pub(super) fn resolve(
         options: &SshOptions,
         params: &ResolvedConnectionParams,
+        config_identities: &[PathBuf],
     ) -> Result<Self, OpenError> {
         let host = params.hostname.as_str();
         let username = params
@@ -61,6 +64,10 @@ impl Credentials {
         let key_path = extra_string(params, "private_key_path")?;
         // A key named for this host replaces the default ones, as it is what this host needs.
         let identities = match (key_text, key_path) {
+            (None, None) if !config_identities.is_empty() => config_identities
+                .iter()
+                .map(|path| PrivateKeySource::Path(path.clone()))
+                .collect(),
             (None, None) => options.identities.clone(),
             (text, path) => text
                 .map(PrivateKeySource::InMemory)
@@ -506,7 +513,7 @@ mod tests {
             extras: Some([("passphrase".to_owned(), Value::from(271_828_182))].into()),
             ..Default::default()
         };
-        let error = Credentials::resolve(&SshOptions::default(), &params)
+        let error = Credentials::resolve(&SshOptions::default(), &params, &[])
             .err()
             .expect("a number is no passphrase");
         assert_eq!(error.kind(), FailureKind::Config);

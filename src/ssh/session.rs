@@ -84,7 +84,11 @@ impl Connection for SshConnection {
         self.disconnect().await;
         let target = Target::resolve(&self.options, params)?;
         let (host, port) = (target.host.as_str(), target.port);
-        let credentials = Credentials::resolve(&self.options, &target.params)?;
+        let config_identities = target
+            .ssh_config
+            .as_ref()
+            .map_or(&[][..], |config| &config.identity_files[..]);
+        let credentials = Credentials::resolve(&self.options, &target.params, config_identities)?;
         let address = handshake::address(host, port);
 
         let addrs: Vec<_> = tokio::net::lookup_host((host, port))

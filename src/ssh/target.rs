@@ -28,9 +28,8 @@ pub(super) struct Target {
     /// What russh is given (zero is off, huge is capped).
     pub(super) keepalive_interval: Option<Duration>,
     pub(super) host_key_policy: HostKeyPolicy,
-    /// What the ssh config says about the host, `None` without a config.
-    #[allow(dead_code)]
-    // IdentityFile, ProxyJump and the algorithm lists are applied elsewhere
+    /// What the ssh config says about the host, `None` without a config: its `IdentityFile`s
+    /// go to authentication, its `ProxyJump` and algorithm lists to their own stages.
     pub(super) ssh_config: Option<SshHostConfig>,
 }
 
