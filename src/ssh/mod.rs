@@ -31,13 +31,17 @@
 //! abandoned commands cannot fill the server's channel limit (OpenSSH's `MaxSessions`). A
 //! session on which the server refuses a channel is reported lost and reconnected.
 //!
+//! Network devices that want an interactive shell (prompt, pager, `enable`, configuration
+//! mode) are driven through one when the params' `platform` names a CLI profile: see [`cli`].
+//!
 //! The core knows nothing of SSH: this module only implements
 //! [`Connection`] and [`CommandRunner`](crate::CommandRunner).
 //!
 //! Files: `options.rs` (what can be set), `session.rs` (the connection and its command
 //! runner), `channel.rs` (one command on its channel, and the channel's cleanup when the
 //! command is abandoned), `auth.rs` (credentials and authentication), `host_keys.rs` (russh's
-//! callbacks: host-key checks and loss reports).
+//! callbacks: host-key checks and loss reports), `cli/` (platform profiles and the PTY shell
+//! of network devices).
 
 use std::sync::Arc;
 
@@ -45,10 +49,12 @@ use crate::connection::{Connection, ConnectionFactory, ConnectionKey};
 
 mod auth;
 mod channel;
+pub mod cli;
 mod host_keys;
 mod options;
 mod session;
 
+pub use cli::{PlatformProfile, Platforms, ProfileError};
 pub use options::{HostKeyPolicy, PrivateKeySource, SshOptions};
 pub use session::SshConnection;
 

@@ -17,6 +17,7 @@ use crate::connection::{
 
 use super::auth::Credentials;
 use super::channel;
+use super::cli::CliSession;
 use super::host_keys::{ClientHandler, Liveness, Session};
 use super::options::SshOptions;
 
@@ -28,6 +29,9 @@ pub struct SshConnection {
     /// open channels (the runner).
     liveness: Arc<Liveness>,
     notifier: Option<LossNotifier>,
+    /// The PTY shell, when the params' platform selects a CLI profile: commands then run in
+    /// it, one at a time, instead of on channels of their own.
+    cli: Option<CliSession>,
 }
 
 impl fmt::Debug for SshConnection {
@@ -47,11 +51,18 @@ impl SshConnection {
             session: None,
             liveness: Arc::new(Liveness::none()),
             notifier: None,
+            cli: None,
         }
+    }
+
+    /// The CLI shell session, when the platform selected one.
+    pub(super) fn cli(&self) -> Option<&CliSession> {
+        self.cli.as_ref()
     }
 
     async fn disconnect(&mut self) {
         self.liveness.closed();
+        self.cli = None;
         if let Some(session) = self.session.take() {
             let _ = session
                 .disconnect(Disconnect::ByApplication, "closing", "en")
@@ -116,8 +127,10 @@ impl Connection for SshConnection {
                 }
             })?;
         credentials.authenticate(&mut session, host).await?;
-        info!(%host, port, user = %credentials.username, "ssh session open");
-        self.session = Some(Arc::new(session));
+        let session = Arc::new(session);
+        self.cli = CliSession::open(&self.options.platforms, params, &session, &liveness).await?;
+        info!(%host, port, user = %credentials.username, cli = self.cli.is_some(), "ssh session open");
+        self.session = Some(session);
         self.liveness = liveness;
         Ok(())
     }
@@ -131,12 +144,18 @@ impl Connection for SshConnection {
             .session
             .clone()
             .ok_or_else(|| CommandError::ConnectionLost("not open".to_owned()))?;
+        if let Some(cli) = &self.cli {
+            return cli.run(command).await?.into_result();
+        }
         channel::run(&session, &self.liveness, command)
             .await?
             .into_result()
     }
 
     fn command_runner(&self) -> Option<(Arc<dyn CommandRunner>, usize)> {
+        if let Some(cli) = &self.cli {
+            return Some(cli.runner());
+        }
         let runner = SshRunner {
             session: self.session.clone()?,
             liveness: self.liveness.clone(),
