@@ -86,7 +86,6 @@ pub use profile::{
     ConfigSettings, EnableSettings, PlatformProfile, Platforms, ProfileError, SessionKind,
 };
 
-use profile::Platform;
 use shell::{ConfigFailure, Shell};
 
 /// The params' extras key holding the enable secret.
@@ -199,7 +198,7 @@ impl CliSession {
             .map_or_else(|| platform.read_timeout(), Duration::from_secs_f64);
         let shell = Shell::start(
             session,
-            Arc::<Platform>::clone(platform),
+            platform.clone(),
             &params.hostname,
             read_timeout,
             secret,

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use regex::Regex;
@@ -336,21 +336,59 @@ impl Platform {
 /// ```
 #[derive(Clone)]
 pub struct Platforms {
-    by_name: BTreeMap<String, Arc<Platform>>,
+    by_name: BTreeMap<String, Entry>,
     aliases: BTreeMap<String, String>,
+}
+
+/// A profile and its compiled form, made on first use for the built-ins (building every
+/// regex of every platform takes a while, seconds in a debug build, and most programs use one
+/// or two platforms) and at once for the user's (so that a bad regex fails `insert`).
+#[derive(Clone)]
+struct Entry {
+    name: String,
+    profile: Arc<PlatformProfile>,
+    compiled: Arc<OnceLock<Option<Arc<Platform>>>>,
+}
+
+impl Entry {
+    fn compiled(&self) -> Option<Arc<Platform>> {
+        self.compiled
+            .get_or_init(|| {
+                match Platform::compile(&self.name, PlatformProfile::clone(&self.profile)) {
+                    Ok(platform) => Some(Arc::new(platform)),
+                    Err(error) => {
+                        tracing::error!(%error, "platform profile unusable; exec channels instead");
+                        None
+                    }
+                }
+            })
+            .clone()
+    }
 }
 
 impl Platforms {
     /// The profiles shipped with the crate: `cisco_ios`, `cisco_nxos`, `cisco_xr`,
     /// `arista_eos`, `juniper_junos`, `linux` (exec channels) and `linux_shell` (a PTY shell).
     pub fn builtin() -> Self {
-        let mut platforms = Self::empty();
-        // The embedded file is checked by a unit test: a broken entry fails the build's tests,
-        // never a user's program, which then gets the entries that do load.
-        if let Err(error) = platforms.load_str(BUILTIN, "built-in") {
-            tracing::error!(%error, "built-in platform profiles");
-        }
-        platforms
+        // Parsed once per process and shared, compiled per platform on first use: every
+        // `SshOptions::default()` starts from these.
+        static BUILTIN_PLATFORMS: OnceLock<Platforms> = OnceLock::new();
+        BUILTIN_PLATFORMS
+            .get_or_init(|| {
+                let mut platforms = Self::empty();
+                // The embedded file is checked by a unit test: a broken entry fails the
+                // crate's tests, never a user's program, which then gets no built-ins.
+                match toml::from_str::<BTreeMap<String, PlatformProfile>>(BUILTIN) {
+                    Ok(profiles) => {
+                        for (name, profile) in profiles {
+                            platforms.add(name, profile, None);
+                        }
+                    }
+                    Err(error) => tracing::error!(%error, "built-in platform profiles"),
+                }
+                platforms
+            })
+            .clone()
     }
 
     /// No profiles at all: every connection uses exec channels.
@@ -369,14 +407,27 @@ impl Platforms {
         profile: PlatformProfile,
     ) -> Result<&mut Self, ProfileError> {
         let name = name.into();
-        let platform = Platform::compile(&name, profile)?;
-        for alias in &platform.profile.aliases {
+        let platform = Platform::compile(&name, profile.clone())?;
+        self.add(name, profile, Some(Arc::new(platform)));
+        Ok(self)
+    }
+
+    fn add(&mut self, name: String, profile: PlatformProfile, compiled: Option<Arc<Platform>>) {
+        for alias in &profile.aliases {
             self.aliases.insert(alias.clone(), name.clone());
         }
         // A name of its own wins over an alias of another profile.
         self.aliases.remove(&name);
-        self.by_name.insert(name, Arc::new(platform));
-        Ok(self)
+        let cell = OnceLock::new();
+        if let Some(compiled) = compiled {
+            let _ = cell.set(Some(compiled));
+        }
+        let entry = Entry {
+            name: name.clone(),
+            profile: Arc::new(profile),
+            compiled: Arc::new(cell),
+        };
+        self.by_name.insert(name, entry);
     }
 
     /// Adds every profile of a TOML text (one table per platform, as `platforms.toml`),
@@ -414,7 +465,7 @@ impl Platforms {
 
     /// The profile for a platform name or alias.
     pub fn get(&self, platform: &str) -> Option<&PlatformProfile> {
-        self.resolve(platform).map(|platform| &platform.profile)
+        self.entry(platform).map(|entry| &*entry.profile)
     }
 
     /// The names of the profiles (aliases not included).
@@ -422,7 +473,12 @@ impl Platforms {
         self.by_name.keys().map(String::as_str)
     }
 
-    pub(crate) fn resolve(&self, platform: &str) -> Option<&Arc<Platform>> {
+    /// The compiled profile for a platform name or alias.
+    pub(crate) fn resolve(&self, platform: &str) -> Option<Arc<Platform>> {
+        self.entry(platform).and_then(Entry::compiled)
+    }
+
+    fn entry(&self, platform: &str) -> Option<&Entry> {
         self.by_name.get(platform).or_else(|| {
             self.aliases
                 .get(platform)
