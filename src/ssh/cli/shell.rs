@@ -623,6 +623,7 @@ impl Shell {
         let mut output = render(&self.screen.raw()[from..last_line]);
         output.push_str(rest);
         let mut lines: Vec<&str> = output.split_inclusive('\n').collect();
+        let all = lines.len();
         while let Some(last) = lines.last()
             && self
                 .platform
@@ -633,7 +634,9 @@ impl Shell {
             lines.pop();
         }
         let output: String = lines.concat();
-        if output.trim().is_empty() {
+        // What a context line leaves (the blank line Junos prints above `[edit]`) is not
+        // output; an empty line a command printed is.
+        if lines.len() < all && output.trim().is_empty() {
             String::new()
         } else {
             output
