@@ -468,9 +468,9 @@ impl Platforms {
         self.entry(platform).map(|entry| &*entry.profile)
     }
 
-    /// The names of the profiles (aliases not included).
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.by_name.keys().map(String::as_str)
+    /// The names of the profiles, sorted (aliases not included).
+    pub fn names(&self) -> Vec<&str> {
+        self.by_name.keys().map(String::as_str).collect()
     }
 
     /// The compiled profile for a platform name or alias.
@@ -520,7 +520,7 @@ mod tests {
     fn every_builtin_profile_loads() {
         let mut platforms = Platforms::empty();
         platforms.load_str(BUILTIN, "built-in").unwrap();
-        let names: Vec<_> = platforms.names().collect();
+        let names = platforms.names();
         for name in [
             "arista_eos",
             "cisco_ios",
