@@ -523,3 +523,89 @@ async fn exec_platforms_and_unknown_platforms_keep_exec_channels() {
     assert_eq!(server.cli().unwrap().shells_opened(), 0);
     manager.shutdown().await.unwrap();
 }
+
+/// Sessions dropped at random while several callers run command lists on several devices:
+/// every command either returns its own output or fails (lost, or timed out waiting for the
+/// reconnect), never another command's output, and every device ends up privileged again.
+#[tokio::test]
+async fn under_chaos_outputs_never_cross_and_sessions_come_back_privileged() {
+    const DEVICES: usize = 3;
+    const CALLERS: usize = 3;
+    const COMMANDS: usize = 60;
+    let mut servers = Vec::new();
+    for _ in 0..DEVICES {
+        servers.push(device(CliPlatform::CiscoIos).await);
+    }
+    let refs: Vec<&SshTestServer> = servers.iter().collect();
+    let (manager, _events) = manager(&refs, Platforms::builtin()).await;
+    let mut routers = Vec::new();
+    for (n, server) in servers.iter().enumerate() {
+        let params = params(server, "cisco_ios", &[("read_timeout", 2.0.into())]);
+        routers.push(open(&manager, &key(&format!("r{n}")), &params).await);
+    }
+    let finished = std::sync::Arc::new(AtomicUsize::new(0));
+    let mut work = tokio::task::JoinSet::new();
+    for (d, router) in routers.iter().enumerate() {
+        for c in 0..CALLERS {
+            let router = router.clone();
+            let finished = finished.clone();
+            work.spawn(async move {
+                let (mut ok, mut failed) = (0, 0);
+                for n in 0..COMMANDS {
+                    let text = format!("d{d} c{c} n{n}");
+                    match router
+                        .execute_command_within(&format!("echo {text}"), Duration::from_secs(5))
+                        .await
+                    {
+                        Ok(output) => {
+                            assert_eq!(output, format!("{text}\n"), "an output crossed over");
+                            ok += 1;
+                        }
+                        Err(error) => {
+                            let shown = error.to_string();
+                            assert!(
+                                shown.contains("lost") || shown.contains("timed out"),
+                                "{text}: {shown}"
+                            );
+                            failed += 1;
+                        }
+                    }
+                }
+                finished.fetch_add(1, Ordering::SeqCst);
+                (ok, failed)
+            });
+        }
+    }
+    // Drop every device's sessions a few times while the callers run, each drop after the
+    // device has taken a few more commands.
+    for round in 0..4 {
+        for server in &servers {
+            let state = server.cli().unwrap();
+            let seen = state.commands_received();
+            until("more commands", || {
+                state.commands_received() >= seen + 5 || round > 10
+            })
+            .await;
+            server.drop_all_sessions().await;
+        }
+    }
+    let mut total_ok = 0;
+    while let Some(result) = work.join_next().await {
+        let (ok, _failed) = result.unwrap();
+        total_ok += ok;
+    }
+    assert!(total_ok > 0);
+    for (server, router) in servers.iter().zip(&routers) {
+        assert_eq!(
+            router.execute_command("show privilege").await.unwrap(),
+            "Current privilege level is 15\n"
+        );
+        let state = server.cli().unwrap();
+        assert_eq!(
+            state.enables(),
+            state.shells_opened(),
+            "enable after every login"
+        );
+    }
+    manager.shutdown().await.unwrap();
+}
