@@ -295,6 +295,8 @@ async fn a_missing_prompt_fails_with_the_last_lines_and_the_shell_recovers() {
         router.execute_command("echo after").await.unwrap(),
         "after\n"
     );
+    let error = router.execute_command("echo a\necho b").await.unwrap_err();
+    assert!(error.to_string().contains("one line"), "{error}");
     assert_eq!(
         router.execute_command("show privilege").await.unwrap(),
         "Current privilege level is 15\n"

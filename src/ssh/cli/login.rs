@@ -18,6 +18,9 @@ use super::shell::{
 };
 use super::text::Screen;
 
+/// The least time a login (terminal, shell, prompt, setup, enable, paging off) is given.
+const LOGIN_BOUND: Duration = Duration::from_secs(10);
+
 impl ShellSession {
     /// Opens the shell on `session` and prepares it, all within `login_timeout`. `secret`
     /// enters privileged mode where the platform has one; it is sent to the device and
@@ -30,7 +33,9 @@ impl ShellSession {
         secret: Option<&str>,
         liveness: Arc<Liveness>,
     ) -> Result<Self, OpenError> {
-        let deadline = Instant::now() + read_timeout;
+        // The whole login has at least LOGIN_BOUND: a short read timeout meant for commands
+        // must not cut a slow device's banner short. The supervisor's open timeout bounds it.
+        let deadline = Instant::now() + read_timeout.max(LOGIN_BOUND);
         let refused = |what: &str, error: &dyn std::fmt::Display| {
             OpenError::new(
                 FailureKind::Transport,

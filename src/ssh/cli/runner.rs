@@ -71,12 +71,7 @@ impl CliSession {
 
     /// Runs one command in the shell, after those before it.
     pub(in crate::ssh) async fn run(&self, command: &str) -> Result<CommandOutput, CommandError> {
-        let output = self.shell.lock().await.run(command).await?;
-        Ok(CommandOutput {
-            stdout: output,
-            stderr: String::new(),
-            exit_status: None,
-        })
+        run_in(&self.shell, command).await
     }
 
     /// A runner over the same shell, one command at a time.
@@ -105,15 +100,21 @@ struct CliRunner {
 #[async_trait]
 impl CommandRunner for CliRunner {
     async fn run(&self, command: &str) -> Result<CommandOutput, CommandError> {
-        let output = self.shell.lock().await.run(command).await?;
-        Ok(CommandOutput {
-            stdout: output,
-            stderr: String::new(),
-            exit_status: None,
-        })
+        run_in(&self.shell, command).await
     }
 
     fn is_alive(&self) -> bool {
         self.liveness.is_alive() && !self.session.is_closed()
     }
+}
+
+/// One command in `shell`, once the commands before it are done. What a terminal shows is one
+/// stream and no exit status: the output is all stdout, and the status unknown.
+async fn run_in(shell: &Mutex<ShellSession>, command: &str) -> Result<CommandOutput, CommandError> {
+    let output = shell.lock().await.run(command).await?;
+    Ok(CommandOutput {
+        stdout: output,
+        stderr: String::new(),
+        exit_status: None,
+    })
 }

@@ -107,6 +107,15 @@ impl ShellSession {
 
     /// [`run`](Self::run) without looking for error markers.
     pub(super) async fn run_unchecked(&mut self, command: &str) -> Result<String, CommandError> {
+        if command.contains(['\n', '\r']) {
+            // The device would run each line on its own, and the echo check would wait for
+            // an echo that never comes in one piece.
+            return Err(CommandError::Other(format!(
+                "{}: a CLI command is one line; send the lines one by one (or as a \
+                 configuration set): {command:?}",
+                self.host
+            )));
+        }
         if self.closed {
             return Err(self.lost_error("the shell is closed"));
         }
