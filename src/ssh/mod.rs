@@ -96,6 +96,8 @@
 //! [`FailureKind::Timeout`](crate::FailureKind::Timeout). Without one, only the supervisor's
 //! open timeout bounds them, and its message names neither stage nor address: set one.
 //! Authentication is bounded by the open timeout alone.
+//! Network devices that want an interactive shell (prompt, pager, `enable`, configuration
+//! mode) are driven through one when the params' `platform` names a CLI profile: see [`cli`].
 //!
 //! The core knows nothing of SSH: this module only implements
 //! [`Connection`] and [`CommandRunner`](crate::CommandRunner).
@@ -111,6 +113,9 @@
 //! its own error), `channel.rs` (one command on its channel, and the channel's cleanup when
 //! the command is abandoned), `auth.rs` (credentials and authentication), `host_keys.rs`
 //! (russh's callbacks: host-key checks and loss reports).
+//! command is abandoned), `auth.rs` (credentials and authentication), `host_keys.rs` (russh's
+//! callbacks: host-key checks and loss reports), `cli/` (platform profiles and the PTY shell
+//! of network devices).
 
 use std::sync::Arc;
 
@@ -118,6 +123,7 @@ use crate::connection::{Connection, ConnectionFactory, ConnectionKey};
 
 mod auth;
 mod channel;
+pub mod cli;
 mod handshake;
 mod host_keys;
 mod identities;
@@ -126,6 +132,7 @@ mod session;
 mod ssh_config;
 mod target;
 
+pub use cli::{PlatformProfile, Platforms, ProfileError};
 pub use options::{HostKeyPolicy, PrivateKeySource, SshOptions};
 pub use session::SshConnection;
 pub use ssh_config::{SshClientConfig, SshConfigFile, SshHostConfig, StrictHostKeyChecking};

@@ -4,6 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::cli::Platforms;
 use super::ssh_config::SshConfigFile;
 
 /// The longest keepalive interval handed to russh, which adds it to the clock unchecked: about
@@ -106,6 +107,9 @@ pub struct SshOptions {
     /// Defaults to `None`: only the supervisor's open timeout bounds them, and a stalled
     /// handshake then fails with that timeout's message instead of the stage's.
     pub connect_timeout: Option<Duration>,
+    /// The platform profiles the params' `platform` selects from (see [`super::cli`]).
+    /// Defaults to the built-in ones.
+    pub platforms: Platforms,
 }
 
 impl Default for SshOptions {
@@ -124,6 +128,7 @@ impl Default for SshOptions {
             max_channels: 8,
             ssh_config: None,
             connect_timeout: None,
+            platforms: Platforms::builtin(),
         }
     }
 }
@@ -236,6 +241,13 @@ impl SshOptions {
         self
     }
 
+    /// Sets the platform profiles the params' `platform` selects from (default
+    /// [`Platforms::builtin`]).
+    pub fn platforms(mut self, platforms: Platforms) -> Self {
+        self.platforms = platforms;
+        self
+    }
+
     /// Applies `~/.ssh/config` as [`SshOptions::ssh_config`] does, when that file exists (the
     /// `ssh` client's behaviour). Not the default, because the file belongs to whoever runs
     /// the program: `Host *` lines written for interactive use would silently change what a
@@ -289,6 +301,7 @@ impl fmt::Debug for SshOptions {
             .field("max_channels", &self.max_channels)
             .field("ssh_config", &self.ssh_config)
             .field("connect_timeout", &self.connect_timeout)
+            .field("platforms", &self.platforms)
             .finish()
     }
 }

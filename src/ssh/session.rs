@@ -17,6 +17,7 @@ use crate::connection::{
 
 use super::auth::Credentials;
 use super::channel;
+use super::cli::CliSession;
 use super::handshake::{self, Budget};
 use super::host_keys::{ClientHandler, Liveness, Session};
 use super::options::SshOptions;
@@ -32,6 +33,9 @@ pub struct SshConnection {
     notifier: Option<LossNotifier>,
     /// `host:port` of the open session, for the messages of its commands.
     address: Arc<str>,
+    /// The PTY shell, when the params' platform selects a CLI profile: commands then run in
+    /// it, one at a time, instead of on channels of their own.
+    cli: Option<CliSession>,
 }
 
 impl fmt::Debug for SshConnection {
@@ -52,11 +56,18 @@ impl SshConnection {
             liveness: Arc::new(Liveness::none()),
             notifier: None,
             address: Arc::from(""),
+            cli: None,
         }
+    }
+
+    /// The CLI shell session, when the platform selected one.
+    pub(super) fn cli(&self) -> Option<&CliSession> {
+        self.cli.as_ref()
     }
 
     async fn disconnect(&mut self) {
         self.liveness.closed();
+        self.cli = None;
         if let Some(session) = self.session.take() {
             let _ = session
                 .disconnect(Disconnect::ByApplication, "closing", "en")
@@ -115,8 +126,11 @@ impl Connection for SshConnection {
         });
         let mut session = handshake::handshake(config, stream, handler, &address, &budget).await?;
         credentials.authenticate(&mut session, &address).await?;
-        info!(%host, port, user = %credentials.username, "ssh session open");
-        self.session = Some(Arc::new(session));
+        let session = Arc::new(session);
+        self.cli =
+            CliSession::open(&self.options.platforms, &target.params, &session, &liveness).await?;
+        info!(%host, port, user = %credentials.username, cli = self.cli.is_some(), "ssh session open");
+        self.session = Some(session);
         self.liveness = liveness;
         self.address = address.into();
         Ok(())
@@ -131,12 +145,18 @@ impl Connection for SshConnection {
             .session
             .clone()
             .ok_or_else(|| CommandError::ConnectionLost("not open".to_owned()))?;
+        if let Some(cli) = &self.cli {
+            return cli.run(command).await?.into_result();
+        }
         channel::run(&session, &self.liveness, &self.address, command)
             .await?
             .into_result()
     }
 
     fn command_runner(&self) -> Option<(Arc<dyn CommandRunner>, usize)> {
+        if let Some(cli) = &self.cli {
+            return Some(cli.runner());
+        }
         let runner = SshRunner {
             session: self.session.clone()?,
             liveness: self.liveness.clone(),

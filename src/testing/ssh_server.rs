@@ -50,9 +50,11 @@ use tokio::task::{JoinHandle, JoinSet};
 
 mod auth;
 mod channels;
+mod cli;
 
 pub use auth::{AuthMethod, PASSWORD_PROMPT, sign_user_certificate};
 use channels::{Channels, Gauge};
+pub use cli::{CliDevice, CliDeviceState, CliPlatform, DEFAULT_SECRET};
 
 /// Username accepted by [`SshTestServerConfig::default`].
 pub const DEFAULT_USERNAME: &str = "admin";
@@ -146,6 +148,9 @@ pub struct SshTestServerConfig {
     /// `ConnectFailed`, as OpenSSH's `MaxSessions` (10 by default) refuses it. `None`, the
     /// default, sets no limit.
     pub max_channels: Option<usize>,
+    /// Serve a PTY shell imitating a network device's CLI (see [`CliDevice`]); `None`, the
+    /// default, refuses shells.
+    pub cli: Option<CliDevice>,
 }
 
 impl Default for SshTestServerConfig {
@@ -162,6 +167,7 @@ impl Default for SshTestServerConfig {
             latency: Duration::ZERO,
             reject_auth: false,
             max_channels: None,
+            cli: None,
         }
     }
 }
@@ -187,6 +193,7 @@ impl fmt::Debug for SshTestServerConfig {
             .field("latency", &self.latency)
             .field("reject_auth", &self.reject_auth)
             .field("max_channels", &self.max_channels)
+            .field("cli", &self.cli)
             .finish()
     }
 }
@@ -208,7 +215,8 @@ impl fmt::Debug for SshTestServerConfig {
 /// | anything else | | `% Invalid input` and a newline | 127 |
 ///
 /// Each command then gets EOF and a channel close. Commands run in their own tasks, so several
-/// channels of one connection run concurrently. Shell requests are refused. A command whose
+/// channels of one connection run concurrently. Shell requests are refused, unless
+/// [`SshTestServerConfig::cli`] makes the server imitate a device's CLI. A command whose
 /// channel the client closes is stopped; one whose channel gets a `signal` request is stopped
 /// too, and its channel gets `exit-signal`, EOF and a close, as a killed process's would.
 ///
@@ -277,6 +285,9 @@ impl SshTestServer {
             sessions: Mutex::new(HashMap::new()),
             session_ended: Notify::new(),
             next_session_id: AtomicU64::new(0),
+            cli: config
+                .cli
+                .map(|device| Arc::new(CliDeviceState::new(device))),
         });
 
         let requested = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, config.port));
@@ -452,6 +463,11 @@ impl SshTestServer {
         self.shared.auth_attempts.load(Ordering::Relaxed)
     }
 
+    /// What the CLI device did, when the server imitates one ([`SshTestServerConfig::cli`]).
+    pub fn cli(&self) -> Option<&CliDeviceState> {
+        self.shared.cli.as_deref()
+    }
+
     /// Waits until none of the sessions `ids` is registered any more, or the deadline passes.
     async fn wait_sessions_ended(&self, ids: &[u64]) {
         let wait = async {
@@ -543,6 +559,7 @@ struct Shared {
     /// Signalled whenever a session leaves `sessions`.
     session_ended: Notify,
     next_session_id: AtomicU64,
+    cli: Option<Arc<CliDeviceState>>,
 }
 
 impl Shared {
@@ -826,12 +843,45 @@ impl server::Handler for SessionHandler {
         Ok(())
     }
 
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _columns: u32,
+        _rows: u32,
+        _pixel_width: u32,
+        _pixel_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        match &self.shared.cli {
+            Some(_) => session.channel_success(channel)?,
+            None => session.channel_failure(channel)?,
+        }
+        Ok(())
+    }
+
     async fn shell_request(
         &mut self,
         channel: ChannelId,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        session.channel_failure(channel)?;
+        let (Some(state), Some(stdin)) = (&self.shared.cli, self.channels.pipe_stdin(channel))
+        else {
+            session.channel_failure(channel)?;
+            return Ok(());
+        };
+        session.channel_success(channel)?;
+        let shell = cli::serve(
+            state.clone(),
+            self.shared.hostname.clone(),
+            self.shared.username.clone(),
+            stdin,
+            session.handle(),
+            channel,
+        );
+        let task = self.commands.spawn(shell);
+        self.channels.started(channel, task);
         Ok(())
     }
 
