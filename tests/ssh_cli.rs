@@ -533,7 +533,8 @@ async fn exec_platforms_and_unknown_platforms_keep_exec_channels() {
 async fn under_chaos_outputs_never_cross_and_sessions_come_back_privileged() {
     const DEVICES: usize = 3;
     const CALLERS: usize = 3;
-    const COMMANDS: usize = 60;
+    /// Each caller's commands run until the chaos is over, at least this many.
+    const AT_LEAST: usize = 20;
     let mut servers = Vec::new();
     for _ in 0..DEVICES {
         servers.push(device(CliPlatform::CiscoIos).await);
@@ -546,14 +547,20 @@ async fn under_chaos_outputs_never_cross_and_sessions_come_back_privileged() {
         routers.push(open(&manager, &key(&format!("r{n}")), &params).await);
     }
     let finished = std::sync::Arc::new(AtomicUsize::new(0));
+    // Callers keep going until the drops are done, so every drop lands among running commands
+    // however fast or slow the machine is.
+    let chaos_over = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut work = tokio::task::JoinSet::new();
     for (d, router) in routers.iter().enumerate() {
         for c in 0..CALLERS {
             let router = router.clone();
-            let finished = finished.clone();
+            let (finished, chaos_over) = (finished.clone(), chaos_over.clone());
             work.spawn(async move {
                 let (mut ok, mut failed) = (0, 0);
-                for n in 0..COMMANDS {
+                for n in 0.. {
+                    if n >= AT_LEAST && chaos_over.load(Ordering::SeqCst) {
+                        break;
+                    }
                     let text = format!("d{d} c{c} n{n}");
                     match router
                         .execute_command_within(&format!("echo {text}"), Duration::from_secs(5))
@@ -584,13 +591,14 @@ async fn under_chaos_outputs_never_cross_and_sessions_come_back_privileged() {
         for server in &servers {
             let state = server.cli().unwrap();
             let seen = state.commands_received();
-            until("more commands", || {
-                state.commands_received() >= seen + 5 || round > 10
+            until(&format!("more commands (round {round})"), || {
+                state.commands_received() >= seen + 5
             })
             .await;
             server.drop_all_sessions().await;
         }
     }
+    chaos_over.store(true, Ordering::SeqCst);
     let mut total_ok = 0;
     while let Some(result) = work.join_next().await {
         let (ok, _failed) = result.unwrap();
