@@ -43,12 +43,15 @@ use std::sync::Arc;
 
 use crate::connection::{Connection, ConnectionFactory, ConnectionKey};
 
+mod algorithms;
 mod auth;
 mod channel;
 mod host_keys;
+mod known_hosts;
 mod options;
 mod session;
 
+pub use algorithms::{AlgorithmError, AlgorithmList, AlgorithmLists, AlgorithmPolicy};
 pub use options::{HostKeyPolicy, PrivateKeySource, SshOptions};
 pub use session::SshConnection;
 

@@ -4,6 +4,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::algorithms::AlgorithmPolicy;
+
 /// The longest keepalive interval handed to russh, which adds it to the clock unchecked: about
 /// 30 years, an interval that never elapses in practice.
 const KEEPALIVE_INTERVAL_CAP: Duration = Duration::from_secs(86_400 * 365 * 30);
@@ -81,6 +83,9 @@ pub struct SshOptions {
     /// Commands that may run at once on one connection, each on its own channel. Defaults to
     /// 8, below OpenSSH's `MaxSessions` of 10. 0 is taken as 1.
     pub max_channels: usize,
+    /// Which algorithms are offered when the params' `algorithms` extra gives none. Defaults
+    /// to [`AlgorithmPolicy::Modern`].
+    pub algorithms: AlgorithmPolicy,
 }
 
 impl Default for SshOptions {
@@ -95,6 +100,7 @@ impl Default for SshOptions {
             keepalive_interval: Some(Duration::from_secs(15)),
             keepalive_max: 3,
             max_channels: 8,
+            algorithms: AlgorithmPolicy::Modern,
         }
     }
 }
@@ -162,6 +168,14 @@ impl SshOptions {
         self
     }
 
+    /// Sets the algorithms offered when the params' `algorithms` extra gives none (default
+    /// [`AlgorithmPolicy::Modern`]; see [`AlgorithmPolicy`] for legacy devices and explicit
+    /// lists).
+    pub fn algorithms(mut self, policy: AlgorithmPolicy) -> Self {
+        self.algorithms = policy;
+        self
+    }
+
     /// The keepalive interval russh is given: zero is off, and a longer interval than russh can
     /// add to the clock is capped. Applied when a session opens, so a value set on the field
     /// directly is covered too.
@@ -188,6 +202,7 @@ impl fmt::Debug for SshOptions {
             .field("keepalive_interval", &self.keepalive_interval)
             .field("keepalive_max", &self.keepalive_max)
             .field("max_channels", &self.max_channels)
+            .field("algorithms", &self.algorithms)
             .finish()
     }
 }

@@ -15,9 +15,10 @@ use crate::connection::{
     ResolvedConnectionParams,
 };
 
+use super::algorithms;
 use super::auth::Credentials;
 use super::channel;
-use super::host_keys::{ClientHandler, Liveness, Session};
+use super::host_keys::{self, ClientHandler, Liveness, Session};
 use super::options::SshOptions;
 
 /// One SSH connection: a russh session, opened and reopened by the supervisor.
@@ -80,6 +81,13 @@ impl Connection for SshConnection {
         let port = params.port.unwrap_or(self.options.port);
         let host = params.hostname.as_str();
         let credentials = Credentials::resolve(&self.options, params)?;
+        let algorithms = algorithms::for_host(&self.options.algorithms, params, port)?;
+        let policy = self.options.host_key_policy.clone();
+        // Read before the handshake: the key types it records order what we ask the server for.
+        let known_hosts = host_keys::load_known_hosts(&policy, host, port)
+            .map_err(|reason| OpenError::new(FailureKind::HostKey, reason))?;
+        let mut preferred = algorithms.preferred();
+        host_keys::order_host_keys(&mut preferred, known_hosts.as_ref(), host, port);
 
         let addrs: Vec<_> = tokio::net::lookup_host((host, port))
             .await
@@ -93,7 +101,8 @@ impl Connection for SshConnection {
         let handler = ClientHandler {
             host: host.to_owned(),
             port,
-            policy: self.options.host_key_policy.clone(),
+            policy,
+            known_hosts,
             refusal: refusal.clone(),
             liveness: liveness.clone(),
         };
@@ -101,6 +110,7 @@ impl Connection for SshConnection {
             nodelay: true,
             keepalive_interval: self.options.effective_keepalive_interval(),
             keepalive_max: self.options.keepalive_max,
+            preferred,
             ..client::Config::default()
         });
         let mut session = client::connect_stream(config, stream, handler)
@@ -222,6 +232,9 @@ fn classify(error: &russh::Error, host: &str, port: u16) -> OpenError {
             FailureKind::HostKey,
             format!("host key of {host}:{port} refused"),
         ),
+        russh::Error::NoCommonAlgo { kind, ours, theirs } => {
+            algorithms::negotiation_error(kind, ours, theirs, host, port)
+        }
         russh::Error::ConnectionTimeout | russh::Error::KeepaliveTimeout => {
             OpenError::new(FailureKind::Timeout, format!("{host}:{port}: {error}"))
         }
