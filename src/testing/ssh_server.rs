@@ -48,8 +48,10 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::{JoinHandle, JoinSet};
 
+mod algorithms;
 mod channels;
 
+pub use algorithms::{ServerAlgorithms, generate_host_key};
 use channels::{Channels, Gauge};
 
 /// Username accepted by [`SshTestServerConfig::default`].
@@ -137,6 +139,12 @@ pub struct SshTestServerConfig {
     /// `ConnectFailed`, as OpenSSH's `MaxSessions` (10 by default) refuses it. `None`, the
     /// default, sets no limit.
     pub max_channels: Option<usize>,
+    /// Which algorithms the server speaks; [`ServerAlgorithms::LegacyOnly`] imitates an old
+    /// device (and needs an RSA [`Self::host_key`]).
+    pub algorithms: ServerAlgorithms,
+    /// Host keys offered beside [`Self::host_key`] (of other types), as `sshd` offers one per
+    /// `HostKey` line; the client picks the type.
+    pub extra_host_keys: Vec<PrivateKey>,
 }
 
 impl Default for SshTestServerConfig {
@@ -151,6 +159,8 @@ impl Default for SshTestServerConfig {
             latency: Duration::ZERO,
             reject_auth: false,
             max_channels: None,
+            algorithms: ServerAlgorithms::Modern,
+            extra_host_keys: Vec::new(),
         }
     }
 }
@@ -171,6 +181,15 @@ impl fmt::Debug for SshTestServerConfig {
             .field("latency", &self.latency)
             .field("reject_auth", &self.reject_auth)
             .field("max_channels", &self.max_channels)
+            .field("algorithms", &self.algorithms)
+            .field(
+                "extra_host_keys",
+                &self
+                    .extra_host_keys
+                    .iter()
+                    .map(PrivateKey::algorithm)
+                    .collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -228,8 +247,12 @@ impl SshTestServer {
             None => generate_ed25519_key()?,
         };
         let host_key_public = host_key.public_key().clone();
+        let preferred = config.algorithms.preferred(&host_key)?;
+        let mut keys = vec![host_key];
+        keys.extend(config.extra_host_keys);
         let ssh_config = Arc::new(server::Config {
-            keys: vec![host_key],
+            keys,
+            preferred,
             methods: MethodSet::from(&[MethodKind::Password, MethodKind::PublicKey][..]),
             // russh pads every rejection to 1 s by default (timing-attack defence); tests that
             // exercise bad credentials would crawl.
