@@ -202,7 +202,7 @@ async fn known_hosts_with_only_other_key_types_still_connects() {
     .await
     .unwrap();
     let path = write(&[
-        format!("# only ECDSA for this server"),
+        "# only ECDSA for this server".to_owned(),
         known_hosts_line(&server, &ecdsa_public),
     ]);
     let options = SshOptions::default().host_key_policy(HostKeyPolicy::Strict(path.clone()));

@@ -149,8 +149,13 @@ impl ClientHandler {
         match verdict {
             Some(Verdict::Known) => Ok(()),
             Some(Verdict::Revoked { line }) => Err(format!(
-                "host {what} of {host}:{port} is REVOKED: {algorithm} {fingerprint} (or its \
-                 signer) is listed under @revoked on line {line} of {file}"
+                "host {what} of {host}:{port} is REVOKED: {algorithm} {fingerprint}{} is listed \
+                 under @revoked on line {line} of {file}",
+                if what == "certificate" {
+                    " (or its signer)"
+                } else {
+                    ""
+                }
             )),
             Some(Verdict::Changed { line }) => Err(format!(
                 "host key of {host}:{port} CHANGED: {algorithm} {fingerprint} does not match \
@@ -171,6 +176,10 @@ impl ClientHandler {
             None => Err(format!(
                 "cannot check the host key of {host}:{port} ({algorithm} {fingerprint}): \
                  {file} does not exist"
+            )),
+            Some(Verdict::Unknown { .. }) if what == "certificate" => Err(format!(
+                "{host}:{port} showed a host certificate for {algorithm} {fingerprint}: neither \
+                 its signer is a @cert-authority for it in {file} nor its key is listed there"
             )),
             Some(Verdict::Unknown { recorded }) if recorded.is_empty() => Err(format!(
                 "{host}:{port} is not listed in {file}; its host key is {algorithm} {fingerprint}"

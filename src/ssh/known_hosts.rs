@@ -98,10 +98,14 @@ impl KnownHosts {
     }
 
     /// The key types recorded for `host:port`, in file order, each once: what `ssh` puts first
-    /// in its host-key algorithm list.
+    /// in its host-key algorithm list. A revoked key does not count, as `ssh` does not count it
+    /// (asking for its type first would only get it refused).
     pub(super) fn recorded_types(&self, host: &str, port: u16) -> Vec<Algorithm> {
         let mut types: Vec<Algorithm> = Vec::new();
         for line in self.matching(host, port, None) {
+            if self.revoked(host, port, line.entry.public_key()).is_some() {
+                continue;
+            }
             let algorithm = line.entry.public_key().algorithm();
             if !types.contains(&algorithm) {
                 types.push(algorithm);

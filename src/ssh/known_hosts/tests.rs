@@ -120,6 +120,14 @@ fn a_revoked_key_is_refused_even_when_also_listed() {
         hosts.check_key("router1", 22, &key(ED25519)),
         Verdict::Revoked { line: 2 }
     );
+    // Its type is not asked for first: another recorded type is.
+    let hosts = file(&format!(
+        "router1 {ED25519}\nrouter1 {ECDSA}\n@revoked * {ED25519}\n"
+    ));
+    assert_eq!(
+        hosts.recorded_types("router1", 22),
+        vec![key(ECDSA).algorithm()]
+    );
 }
 
 #[test]
