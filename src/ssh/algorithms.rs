@@ -1,33 +1,7 @@
 //! Which algorithms a connection offers: a policy per host, OpenSSH's list syntax, and the
 //! russh [`Preferred`] lists built from them.
 //!
-//! # Algorithms and host keys
-//!
-//! [`AlgorithmPolicy::Modern`], the default, offers russh's defaults: curve25519 and
-//! group14/16/18 Diffie-Hellman with SHA-2, chacha20-poly1305, AES-GCM and AES-CTR, SHA-2
-//! MACs. [`AlgorithmPolicy::Legacy`] adds what old gear still speaks:
-//! `diffie-hellman-group14-sha1`, `diffie-hellman-group1-sha1`,
-//! `diffie-hellman-group-exchange-sha1`, the `aes*-cbc` ciphers and `hmac-sha1`; `ssh-rsa` host
-//! keys are accepted by both. With the crate feature `legacy-crypto`, Legacy adds `3des-cbc` and
-//! `ssh-dss` too. [`AlgorithmPolicy::Lists`] takes OpenSSH's own syntax per list (`KexAlgorithms`,
-//! `Ciphers`, `MACs`, `HostKeyAlgorithms`): `a,b` replaces the default list, `+a,b` appends,
-//! `-a,b` removes (`*` and `?` allowed), `^a,b` puts them first. A name the plugin does not know
-//! is a [`FailureKind::Config`](crate::FailureKind::Config) error naming it and its list.
-//!
-//! Per host, the `algorithms` extra overrides [`SshOptions::algorithms`](super::SshOptions):
-//! `"modern"`, `"legacy"`, or an object `{"kex": .., "ciphers": .., "macs": ..,
-//! "host_key_algorithms": ..}` whose values are such strings or arrays of names (an array
-//! replaces the list).
-//!
-//! Host-key algorithms are ordered as `ssh` orders them: the types the known_hosts file already
-//! holds for `host:port` (hashed entries included) come first, so a server whose first choice
-//! is a type we have not recorded still shows a key we can check. Certificate algorithms are
-//! offered only when a `@cert-authority` line matches the host. A key listed under `@revoked` is
-//! refused whatever else the file says.
-//!
-//! When no algorithm is in common the open fails with
-//! [`FailureKind::Negotiation`](crate::FailureKind::Negotiation); the message names the list,
-//! both sides' algorithms, and the setting that would fix it.
+//! The section "Algorithms and host keys" of the [module docs](super) describes the policy.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -39,7 +13,9 @@ use crate::connection::{FailureKind, OpenError, ResolvedConnectionParams};
 
 use super::known_hosts::{glob, is_rsa};
 
-/// Which algorithms a connection offers. See [the module docs](self).
+/// Which algorithms a connection offers, per host through the `algorithms` extra (see
+/// [`from_extra`](Self::from_extra)) or for every host through
+/// [`SshOptions::algorithms`](super::SshOptions::algorithms). See the [module docs](super).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum AlgorithmPolicy {
@@ -108,7 +84,7 @@ impl AlgorithmList {
     fn known(self) -> Vec<String> {
         match self {
             Self::Kex => {
-                let mut names: Vec<String> = modern_kex().map(|n| name_of(&n)).collect();
+                let mut names: Vec<String> = modern_kex().iter().map(|n| name_of(&n)).collect();
                 for name in kex::ALL_KEX_ALGORITHMS {
                     let name = name_of(*name);
                     if name != "none" && !names.contains(&name) {
@@ -226,7 +202,7 @@ impl AlgorithmPolicy {
     pub fn from_extra(value: &serde_json::Value) -> Result<Self, String> {
         use serde_json::Value;
         match value {
-            Value::String(name) => name.parse(),
+            Value::String(name) => Self::from_name(name),
             Value::Object(fields) => {
                 let mut lists = AlgorithmLists::new();
                 for (key, value) in fields {
@@ -235,8 +211,7 @@ impl AlgorithmPolicy {
                         .find(|list| list.extras_key() == key)
                         .ok_or_else(|| {
                             format!(
-                                "unknown key {key:?} in the algorithms extra (expected kex, \
-                                 ciphers, macs, host_key_algorithms)"
+                                "unknown key {key:?} in the algorithms extra (expected kex, ciphers, macs, host_key_algorithms)"
                             )
                         })?;
                     lists = match value {
@@ -254,8 +229,7 @@ impl AlgorithmPolicy {
                         }
                         other => {
                             return Err(format!(
-                                "algorithms.{key} must be a string or an array of names, \
-                                 not {other}"
+                                "algorithms.{key} must be a string or an array of names, not {other}"
                             ));
                         }
                     }
@@ -264,8 +238,7 @@ impl AlgorithmPolicy {
                 Ok(Self::Lists(lists))
             }
             other => Err(format!(
-                "the algorithms extra must be \"modern\", \"legacy\" or an object of lists, \
-                 not {other}"
+                "the algorithms extra must be \"modern\", \"legacy\" or an object of lists, not {other}"
             )),
         }
     }
@@ -276,7 +249,7 @@ impl AlgorithmPolicy {
         match self {
             Self::Modern => {}
             Self::Legacy => {
-                let mut kex: Vec<kex::Name> = modern_kex().collect();
+                let mut kex = modern_kex();
                 kex.extend(LEGACY_KEX);
                 preferred.kex = Cow::Owned(with_kex_extensions(kex));
                 let mut ciphers = preferred.cipher.to_vec();
@@ -359,11 +332,10 @@ impl AlgorithmPolicy {
     }
 }
 
-impl std::str::FromStr for AlgorithmPolicy {
-    type Err = String;
-
-    /// `"modern"` or `"legacy"` (any case).
-    fn from_str(name: &str) -> Result<Self, String> {
+impl AlgorithmPolicy {
+    /// `"modern"` or `"legacy"` (any case), as the `algorithms` extra and the fleet inventory
+    /// name them.
+    pub fn from_name(name: &str) -> Result<Self, String> {
         match name.trim().to_ascii_lowercase().as_str() {
             "modern" | "default" => Ok(Self::Modern),
             "legacy" => Ok(Self::Legacy),
@@ -422,12 +394,13 @@ fn is_kex_extension(name: &kex::Name) -> bool {
 }
 
 /// The default key exchanges, without the extension markers.
-fn modern_kex() -> impl Iterator<Item = kex::Name> {
+fn modern_kex() -> Vec<kex::Name> {
     Preferred::DEFAULT
         .kex
         .iter()
         .copied()
         .filter(|name| !is_kex_extension(name))
+        .collect()
 }
 
 fn with_kex_extensions(mut kex: Vec<kex::Name>) -> Vec<kex::Name> {
@@ -459,7 +432,7 @@ fn certificate_signature(algorithm: &Algorithm, names: &[&str]) -> Algorithm {
 fn default_names(list: AlgorithmList) -> Vec<String> {
     let preferred = Preferred::DEFAULT;
     match list {
-        AlgorithmList::Kex => modern_kex().map(|n| name_of(&n)).collect(),
+        AlgorithmList::Kex => modern_kex().iter().map(|n| name_of(&n)).collect(),
         AlgorithmList::Ciphers => preferred.cipher.iter().map(name_of).collect(),
         AlgorithmList::Macs => preferred.mac.iter().map(name_of).collect(),
         AlgorithmList::HostKeyAlgorithms => preferred
@@ -577,8 +550,7 @@ pub(super) fn negotiation_error(
     OpenError::new(
         FailureKind::Negotiation,
         format!(
-            "key exchange with {host}:{port} failed: no {name} algorithm in common; we offered \
-             [{}], the server offers [{}]; to connect, {fix}",
+            "key exchange with {host}:{port} failed: no {name} algorithm in common; we offered [{}], the server offers [{}]; to connect, {fix}",
             ours.join(","),
             theirs.join(",")
         ),

@@ -149,8 +149,7 @@ impl ClientHandler {
         match verdict {
             Some(Verdict::Known) => Ok(()),
             Some(Verdict::Revoked { line }) => Err(format!(
-                "host {what} of {host}:{port} is REVOKED: {algorithm} {fingerprint}{} is listed \
-                 under @revoked on line {line} of {file}",
+                "host {what} of {host}:{port} is REVOKED: {algorithm} {fingerprint}{} is listed under @revoked on line {line} of {file}",
                 if what == "certificate" {
                     " (or its signer)"
                 } else {
@@ -158,8 +157,7 @@ impl ClientHandler {
                 }
             )),
             Some(Verdict::Changed { line }) => Err(format!(
-                "host key of {host}:{port} CHANGED: {algorithm} {fingerprint} does not match \
-                 line {line} of {file}"
+                "host key of {host}:{port} CHANGED: {algorithm} {fingerprint} does not match line {line} of {file}"
             )),
             Some(Verdict::BadCertificate(reason)) => Err(format!(
                 "host certificate of {host}:{port} ({algorithm} {fingerprint}) refused: {reason}"
@@ -174,19 +172,16 @@ impl ClientHandler {
                 Ok(())
             }
             None => Err(format!(
-                "cannot check the host key of {host}:{port} ({algorithm} {fingerprint}): \
-                 {file} does not exist"
+                "cannot check the host key of {host}:{port} ({algorithm} {fingerprint}): {file} does not exist"
             )),
             Some(Verdict::Unknown { .. }) if what == "certificate" => Err(format!(
-                "{host}:{port} showed a host certificate for {algorithm} {fingerprint}: neither \
-                 its signer is a @cert-authority for it in {file} nor its key is listed there"
+                "{host}:{port} showed a host certificate for {algorithm} {fingerprint}: neither its signer is a @cert-authority for it in {file} nor its key is listed there"
             )),
             Some(Verdict::Unknown { recorded }) if recorded.is_empty() => Err(format!(
                 "{host}:{port} is not listed in {file}; its host key is {algorithm} {fingerprint}"
             )),
             Some(Verdict::Unknown { recorded }) => Err(format!(
-                "{host}:{port} is listed in {file} only with {} keys, and showed {algorithm} \
-                 {fingerprint}",
+                "{host}:{port} is listed in {file} only with {} keys, and showed {algorithm} {fingerprint}",
                 recorded.join(", ")
             )),
         }

@@ -84,17 +84,16 @@ impl KnownHosts {
         Self { lines }
     }
 
-    fn matching<'a>(
-        &'a self,
-        host: &str,
-        port: u16,
-        marker: Option<Marker>,
-    ) -> impl Iterator<Item = &'a Line> + 'a {
+    /// The lines with `marker` (none for plain keys) whose patterns match `host:port`.
+    fn matching(&self, host: &str, port: u16, marker: Option<Marker>) -> Vec<&Line> {
         let name = lookup_name(host, port);
-        self.lines.iter().filter(move |line| {
-            line.entry.marker().copied() == marker
-                && host_matches(line.entry.host_patterns(), &name)
-        })
+        self.lines
+            .iter()
+            .filter(|line| {
+                line.entry.marker().copied() == marker
+                    && host_matches(line.entry.host_patterns(), &name)
+            })
+            .collect()
     }
 
     /// The key types recorded for `host:port`, in file order, each once: what `ssh` puts first
@@ -117,13 +116,14 @@ impl KnownHosts {
     /// Whether a `@cert-authority` line covers `host:port`: only then are certificates asked
     /// for, as `ssh` asks for them.
     pub(super) fn has_authority(&self, host: &str, port: u16) -> bool {
-        self.matching(host, port, Some(Marker::CertAuthority))
-            .next()
-            .is_some()
+        !self
+            .matching(host, port, Some(Marker::CertAuthority))
+            .is_empty()
     }
 
     fn revoked(&self, host: &str, port: u16, key: &PublicKey) -> Option<usize> {
         self.matching(host, port, Some(Marker::Revoked))
+            .into_iter()
             .find(|line| line.entry.public_key().key_data() == key.key_data())
             .map(|line| line.number)
     }
@@ -177,6 +177,7 @@ impl KnownHosts {
         }
         let trusted = self
             .matching(host, port, Some(Marker::CertAuthority))
+            .iter()
             .any(|line| line.entry.public_key().key_data() == signer.key_data());
         if !trusted {
             return self.check_key(host, port, &certified);
