@@ -298,7 +298,10 @@ async fn host_keys_are_checked_as_ssh_checks_them() {
     .await
     .expect("an error");
     assert_eq!(error.kind(), FailureKind::HostKey, "{error}");
-    assert!(error.message().contains("is not listed in"), "{error}");
+    assert!(
+        error.message().contains("the host is not listed there"),
+        "{error}"
+    );
 
     // A host certificate: trusted through @cert-authority, refused from another CA.
     both(

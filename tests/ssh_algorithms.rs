@@ -255,7 +255,10 @@ async fn host_key_refusals_say_which_case_it_is() {
         other.public_key().to_openssh().unwrap()
     )]);
     let message = refusal(HostKeyPolicy::Strict(path.clone())).await;
-    assert!(message.contains("is not listed in"), "{message}");
+    assert!(
+        message.contains("the host is not listed there"),
+        "{message}"
+    );
     assert!(
         message.contains("SHA256:") && message.contains(&address),
         "{message}"

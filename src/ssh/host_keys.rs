@@ -146,6 +146,13 @@ impl ClientHandler {
         let algorithm = key.algorithm();
         let algorithm = algorithm.as_str();
         let file = path.display();
+        if let (Some(Verdict::Unknown { .. }), Some(known)) = (&verdict, &self.known_hosts)
+            && let Some((line, error)) = known.invalid_entry(host, port)
+        {
+            return Err(format!(
+                "cannot read the entries for {host}:{port} in {file}: line {line} is invalid ({error}), so the {algorithm} key {fingerprint} it showed cannot be checked"
+            ));
+        }
         match verdict {
             Some(Verdict::Known) => Ok(()),
             Some(Verdict::Revoked { line }) => Err(format!(
@@ -178,10 +185,10 @@ impl ClientHandler {
                 "{host}:{port} showed a host certificate for {algorithm} {fingerprint}: neither its signer is a @cert-authority for it in {file} nor its key is listed there"
             )),
             Some(Verdict::Unknown { recorded }) if recorded.is_empty() => Err(format!(
-                "{host}:{port} is not listed in {file}; its host key is {algorithm} {fingerprint}"
+                "host key {algorithm} {fingerprint} of {host}:{port} is not in {file}: the host is not listed there"
             )),
             Some(Verdict::Unknown { recorded }) => Err(format!(
-                "{host}:{port} is listed in {file} only with {} keys, and showed {algorithm} {fingerprint}",
+                "host key {algorithm} {fingerprint} of {host}:{port} is not in {file}, which lists the host only with {} keys",
                 recorded.join(", ")
             )),
         }

@@ -28,6 +28,9 @@ struct Line {
 #[derive(Debug)]
 pub(super) struct KnownHosts {
     lines: Vec<Line>,
+    /// Lines that cannot be parsed: their number, their host patterns when those can be read,
+    /// and why.
+    invalid: Vec<(usize, Option<HostPatterns>, String)>,
 }
 
 /// What a known_hosts file says of the key a server showed.
@@ -59,6 +62,7 @@ impl KnownHosts {
     }
 
     fn parse(path: &Path, text: &str) -> Self {
+        let mut invalid = Vec::new();
         let lines = text
             .lines()
             .enumerate()
@@ -76,12 +80,17 @@ impl KnownHosts {
                     }),
                     Err(error) => {
                         debug!(path = %path.display(), line = index + 1, %error, "skipped a known_hosts line");
+                        let hosts = normalised
+                            .split(' ')
+                            .find(|field| !field.starts_with('@'))
+                            .and_then(|field| field.parse().ok());
+                        invalid.push((index + 1, hosts, error.to_string()));
                         None
                     }
                 }
             })
             .collect();
-        Self { lines }
+        Self { lines, invalid }
     }
 
     /// The lines with `marker` (none for plain keys) whose patterns match `host:port`.
@@ -111,6 +120,21 @@ impl KnownHosts {
             }
         }
         types
+    }
+
+    /// The first line that cannot be parsed and may be about `host:port` (its patterns match,
+    /// or cannot be read either), with why: the key it records is unknowable, not unknown, so
+    /// an unknown key must not be trusted on first use past it.
+    pub(super) fn invalid_entry(&self, host: &str, port: u16) -> Option<(usize, &str)> {
+        let name = lookup_name(host, port);
+        self.invalid
+            .iter()
+            .find(|(_, hosts, _)| {
+                hosts
+                    .as_ref()
+                    .is_none_or(|hosts| host_matches(hosts, &name))
+            })
+            .map(|(line, _, error)| (*line, error.as_str()))
     }
 
     /// Whether a `@cert-authority` line covers `host:port`: only then are certificates asked

@@ -131,7 +131,7 @@ fn a_revoked_key_is_refused_even_when_also_listed() {
 }
 
 #[test]
-fn an_unparsable_line_is_skipped_not_fatal() {
+fn an_unparsable_line_is_skipped_but_remembered_for_its_hosts() {
     let hosts = file(&format!(
         "router1 ssh-ed25519 not-base64!\nrouter1 {ED25519}\n"
     ));
@@ -139,6 +139,14 @@ fn an_unparsable_line_is_skipped_not_fatal() {
         hosts.check_key("router1", 22, &key(ED25519)),
         Verdict::Known
     );
+    assert_eq!(
+        hosts.invalid_entry("router1", 22).map(|(line, _)| line),
+        Some(1)
+    );
+    assert_eq!(hosts.invalid_entry("router2", 22), None);
+    // Hosts that cannot be read either: it may be about any host.
+    let hosts = file("|1|not-base64|x ssh-ed25519 AAAA\n");
+    assert!(hosts.invalid_entry("router2", 22).is_some());
 }
 
 #[test]
