@@ -13,6 +13,13 @@ use crate::connection::{FailureKind, OpenError, ResolvedConnectionParams};
 
 use super::known_hosts::{glob, is_rsa};
 
+mod names;
+
+use names::{
+    CERT_SUFFIX, HOST_CERTIFICATE_NAMES, HOST_KEY_NAMES, KEX_EXTENSIONS, LEGACY_CIPHERS,
+    LEGACY_KEX, LEGACY_MACS, OPENSSH_ONLY,
+};
+
 /// Which algorithms a connection offers, per host through the `algorithms` extra (see
 /// [`from_extra`](Self::from_extra)) or for every host through
 /// [`SshOptions::algorithms`](super::SshOptions::algorithms). See the [module docs](super).
@@ -131,13 +138,15 @@ impl fmt::Display for AlgorithmList {
 
 /// A name in an algorithm list that the plugin does not know, or a list it cannot read.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown algorithm {name:?} in the {list} list; known: {known}")]
+#[error("{} {name:?} in the {list} list; known: {known}", if *.unimplemented { "no algorithm the plugin implements in" } else { "unknown algorithm" })]
 pub struct AlgorithmError {
     /// The list the name was in.
     pub list: AlgorithmList,
-    /// The name as written.
+    /// The name as written (for a list of names OpenSSH knows but the plugin does not
+    /// implement, the whole list).
     pub name: String,
     known: String,
+    unimplemented: bool,
 }
 
 impl AlgorithmError {
@@ -146,6 +155,7 @@ impl AlgorithmError {
             list,
             name: name.to_owned(),
             known: list.known().join(","),
+            unimplemented: false,
         }
     }
 }
@@ -180,11 +190,14 @@ impl AlgorithmLists {
         list: AlgorithmList,
         names: &[S],
     ) -> Result<Self, AlgorithmError> {
-        let known = list.known();
-        let resolved = names
-            .iter()
-            .map(|name| resolve(list, &known, name.as_ref().trim()))
-            .collect::<Result<Vec<_>, _>>()?;
+        let names: Vec<&str> = names.iter().map(|name| name.as_ref().trim()).collect();
+        let resolved = resolve_all(list, &list.known(), &names)?;
+        if resolved.is_empty() {
+            return Err(AlgorithmError {
+                unimplemented: true,
+                ..AlgorithmError::new(list, &names.join(","))
+            });
+        }
         self.lists[list.index()] = Some(resolved);
         Ok(self)
     }
@@ -346,49 +359,6 @@ impl AlgorithmPolicy {
     }
 }
 
-const CERT_SUFFIX: &str = "-cert-v01@openssh.com";
-
-const HOST_KEY_NAMES: &[&str] = &[
-    "ssh-ed25519",
-    "ecdsa-sha2-nistp256",
-    "ecdsa-sha2-nistp384",
-    "ecdsa-sha2-nistp521",
-    "rsa-sha2-512",
-    "rsa-sha2-256",
-    "ssh-rsa",
-    #[cfg(feature = "legacy-crypto")]
-    "ssh-dss",
-];
-
-const HOST_CERTIFICATE_NAMES: &[&str] = &[
-    "ssh-ed25519-cert-v01@openssh.com",
-    "ecdsa-sha2-nistp256-cert-v01@openssh.com",
-    "ecdsa-sha2-nistp384-cert-v01@openssh.com",
-    "ecdsa-sha2-nistp521-cert-v01@openssh.com",
-    "rsa-sha2-512-cert-v01@openssh.com",
-    "rsa-sha2-256-cert-v01@openssh.com",
-    "ssh-rsa-cert-v01@openssh.com",
-];
-
-const LEGACY_KEX: [kex::Name; 3] = [kex::DH_G14_SHA1, kex::DH_GEX_SHA1, kex::DH_G1_SHA1];
-
-const LEGACY_CIPHERS: &[cipher::Name] = &[
-    cipher::AES_256_CBC,
-    cipher::AES_192_CBC,
-    cipher::AES_128_CBC,
-    #[cfg(feature = "legacy-crypto")]
-    cipher::TRIPLE_DES_CBC,
-];
-
-const LEGACY_MACS: [mac::Name; 2] = [mac::HMAC_SHA1_ETM, mac::HMAC_SHA1];
-
-/// The names russh adds to the kex list to announce extensions (ext-info, strict kex against
-/// the Terrapin attack): kept whatever list the user gives, as OpenSSH keeps them.
-const KEX_EXTENSIONS: [kex::Name; 2] = [
-    kex::EXTENSION_SUPPORT_AS_CLIENT,
-    kex::EXTENSION_OPENSSH_STRICT_KEX_AS_CLIENT,
-];
-
 fn is_kex_extension(name: &kex::Name) -> bool {
     name.as_ref().starts_with("ext-info-") || name.as_ref().starts_with("kex-strict-")
 }
@@ -444,12 +414,25 @@ fn default_names(list: AlgorithmList) -> Vec<String> {
     }
 }
 
-fn resolve(list: AlgorithmList, known: &[String], name: &str) -> Result<String, AlgorithmError> {
-    known
-        .iter()
-        .find(|known| *known == name)
-        .cloned()
-        .ok_or_else(|| AlgorithmError::new(list, name))
+/// The names the plugin implements among `names`, in order. A name OpenSSH knows but the plugin
+/// does not implement is left out (a list copied from an ssh config still works); any other
+/// name is an error.
+fn resolve_all(
+    list: AlgorithmList,
+    known: &[String],
+    names: &[&str],
+) -> Result<Vec<String>, AlgorithmError> {
+    let mut resolved = Vec::new();
+    for name in names {
+        if let Some(known) = known.iter().find(|known| known == name) {
+            resolved.push(known.clone());
+        } else if OPENSSH_ONLY.contains(name) {
+            tracing::debug!(%list, name, "an OpenSSH algorithm the plugin does not implement: left out");
+        } else {
+            return Err(AlgorithmError::new(list, name));
+        }
+    }
+    Ok(resolved)
 }
 
 /// OpenSSH's list syntax applied to the default list.
@@ -473,7 +456,13 @@ fn apply(list: AlgorithmList, spec: &str) -> Result<Vec<String>, AlgorithmError>
         // Removal takes patterns, as OpenSSH's does; a pattern that matches no known name is
         // most likely a typo.
         for pattern in &names {
-            if !known.iter().any(|name| glob(pattern, name)) {
+            let openssh = OPENSSH_ONLY.iter().copied();
+            if !known
+                .iter()
+                .map(String::as_str)
+                .chain(openssh)
+                .any(|name| glob(pattern, name))
+            {
                 return Err(AlgorithmError::new(list, pattern));
             }
         }
@@ -482,10 +471,13 @@ fn apply(list: AlgorithmList, spec: &str) -> Result<Vec<String>, AlgorithmError>
             .filter(|name| !names.iter().any(|pattern| glob(pattern, name)))
             .collect());
     }
-    let named = names
-        .iter()
-        .map(|name| resolve(list, &known, name))
-        .collect::<Result<Vec<_>, _>>()?;
+    let named = resolve_all(list, &known, &names)?;
+    if named.is_empty() && mode == ' ' {
+        return Err(AlgorithmError {
+            unimplemented: true,
+            ..AlgorithmError::new(list, spec)
+        });
+    }
     Ok(match mode {
         '+' => {
             let mut result = defaults;

@@ -189,3 +189,37 @@ fn a_failed_negotiation_names_both_lists_and_the_fix() {
     let error = negotiation_error(&russh::AlgorithmKind::Cipher, &[], &theirs, "r1", 22);
     assert!(error.message().contains("implements none"), "{error}");
 }
+
+#[test]
+fn openssh_names_the_plugin_lacks_are_left_out_not_fatal() {
+    // As copied from an ssh config or a hardening guide.
+    let lists = AlgorithmLists::new()
+        .set(
+            AlgorithmList::Kex,
+            "sntrup761x25519-sha512@openssh.com,curve25519-sha256",
+        )
+        .and_then(|lists| {
+            lists.set(
+                AlgorithmList::Macs,
+                "umac-128-etm@openssh.com,hmac-sha2-256",
+            )
+        })
+        .and_then(|lists| lists.set(AlgorithmList::Ciphers, "-3des-cbc,aes*-cbc"))
+        .expect("valid for OpenSSH");
+    assert_eq!(names(&lists, AlgorithmList::Kex), ["curve25519-sha256"]);
+    assert_eq!(names(&lists, AlgorithmList::Macs), ["hmac-sha2-256"]);
+    let error = AlgorithmLists::new()
+        .set(AlgorithmList::Macs, "umac-64@openssh.com")
+        .expect_err("nothing left");
+    assert!(
+        error
+            .to_string()
+            .contains("no algorithm the plugin implements"),
+        "{error}"
+    );
+    assert!(
+        AlgorithmLists::new()
+            .set_names(AlgorithmList::Macs, &["hmac-md5"])
+            .is_err()
+    );
+}
