@@ -256,6 +256,33 @@ impl AlgorithmPolicy {
         }
     }
 
+    /// The policy an OpenSSH client config gives (its `KexAlgorithms`, `Ciphers`, `MACs` and
+    /// `HostKeyAlgorithms` values, each in OpenSSH's syntax): `Ok(None)` when it sets none of
+    /// them, so the options' default applies.
+    pub fn from_openssh(
+        kex: Option<&str>,
+        ciphers: Option<&str>,
+        macs: Option<&str>,
+        host_key_algorithms: Option<&str>,
+    ) -> Result<Option<Self>, AlgorithmError> {
+        let given = [
+            (AlgorithmList::Kex, kex),
+            (AlgorithmList::Ciphers, ciphers),
+            (AlgorithmList::Macs, macs),
+            (AlgorithmList::HostKeyAlgorithms, host_key_algorithms),
+        ];
+        if given.iter().all(|(_, spec)| spec.is_none()) {
+            return Ok(None);
+        }
+        let mut lists = AlgorithmLists::new();
+        for (list, spec) in given {
+            if let Some(spec) = spec {
+                lists = lists.set(list, spec)?;
+            }
+        }
+        Ok(Some(Self::Lists(lists)))
+    }
+
     /// The russh lists this policy offers, before host-key ordering.
     pub(super) fn preferred(&self) -> Preferred {
         let mut preferred = Preferred::default();

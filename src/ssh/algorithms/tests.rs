@@ -223,3 +223,27 @@ fn openssh_names_the_plugin_lacks_are_left_out_not_fatal() {
             .is_err()
     );
 }
+
+#[test]
+fn an_openssh_config_gives_lists_or_nothing() {
+    assert_eq!(
+        AlgorithmPolicy::from_openssh(None, None, None, None),
+        Ok(None)
+    );
+    let policy = AlgorithmPolicy::from_openssh(
+        Some("+diffie-hellman-group14-sha1"),
+        None,
+        Some("hmac-sha1"),
+        None,
+    )
+    .expect("valid")
+    .expect("lists");
+    let AlgorithmPolicy::Lists(lists) = policy else {
+        panic!("lists expected, got {policy:?}");
+    };
+    assert_eq!(names(&lists, AlgorithmList::Macs), ["hmac-sha1"]);
+    assert!(lists.get(AlgorithmList::Ciphers).is_none());
+    let error = AlgorithmPolicy::from_openssh(None, Some("aes128-cbc,twofish-cbc"), None, None)
+        .expect_err("twofish is unknown");
+    assert_eq!(error.list, AlgorithmList::Ciphers);
+}
