@@ -88,8 +88,10 @@ pub(super) fn load_known_hosts(
 ) -> Result<Option<KnownHosts>, String> {
     match policy {
         HostKeyPolicy::AcceptAny => Ok(None),
-        HostKeyPolicy::Strict(path) | HostKeyPolicy::AcceptNew(path) => KnownHosts::load(path)
-            .map_err(|reason| format!("cannot check the host key of {host}:{port}: {reason}")),
+        HostKeyPolicy::Strict(path) | HostKeyPolicy::AcceptNew(path) => {
+            KnownHosts::load(path, host, port)
+                .map_err(|reason| format!("cannot check the host key of {host}:{port}: {reason}"))
+        }
     }
 }
 

@@ -50,46 +50,55 @@ pub(super) enum Verdict {
 }
 
 impl KnownHosts {
-    /// Reads the file at `path`: `Ok(None)` when it does not exist, an error (naming the path)
-    /// when it cannot be read.
-    pub(super) fn load(path: &Path) -> Result<Option<Self>, String> {
+    /// Reads the lines of the file at `path` that may be about `host:port`: `Ok(None)` when
+    /// it does not exist, an error (naming the path) when it cannot be read.
+    pub(super) fn load(path: &Path, host: &str, port: u16) -> Result<Option<Self>, String> {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(error) => return Err(format!("cannot read {}: {error}", path.display())),
         };
-        Ok(Some(Self::parse(path, &text)))
+        Ok(Some(Self::parse(
+            path,
+            &text,
+            Some(&lookup_name(host, port)),
+        )))
     }
 
-    fn parse(path: &Path, text: &str) -> Self {
+    /// The lines of `text` whose host patterns match `name` (every line when `None`). Only
+    /// those have their key decoded: a fleet's known_hosts may hold tens of thousands of lines
+    /// and is read on every open (measured, release build: 20,000 lines took 63 ms to decode
+    /// in full).
+    fn parse(path: &Path, text: &str, name: Option<&str>) -> Self {
         let mut invalid = Vec::new();
-        let lines = text
-            .lines()
-            .enumerate()
-            .filter_map(|(index, line)| {
-                let line = line.trim();
-                if line.is_empty() || line.starts_with('#') {
-                    return None;
+        let mut lines = Vec::new();
+        for (index, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let hosts = line
+                .split_whitespace()
+                .find(|field| !field.starts_with('@'))
+                .and_then(|field| field.parse::<HostPatterns>().ok());
+            if let (Some(hosts), Some(name)) = (&hosts, name)
+                && !host_matches(hosts, name)
+            {
+                continue;
+            }
+            // ssh-key splits fields on one space; OpenSSH on any run of blanks.
+            let normalised = line.split_whitespace().collect::<Vec<_>>().join(" ");
+            match normalised.parse::<Entry>() {
+                Ok(entry) => lines.push(Line {
+                    number: index + 1,
+                    entry,
+                }),
+                Err(error) => {
+                    debug!(path = %path.display(), line = index + 1, %error, "skipped a known_hosts line");
+                    invalid.push((index + 1, hosts, error.to_string()));
                 }
-                // ssh-key splits fields on one space; OpenSSH on any run of blanks.
-                let normalised = line.split_whitespace().collect::<Vec<_>>().join(" ");
-                match normalised.parse::<Entry>() {
-                    Ok(entry) => Some(Line {
-                        number: index + 1,
-                        entry,
-                    }),
-                    Err(error) => {
-                        debug!(path = %path.display(), line = index + 1, %error, "skipped a known_hosts line");
-                        let hosts = normalised
-                            .split(' ')
-                            .find(|field| !field.starts_with('@'))
-                            .and_then(|field| field.parse().ok());
-                        invalid.push((index + 1, hosts, error.to_string()));
-                        None
-                    }
-                }
-            })
-            .collect();
+            }
+        }
         Self { lines, invalid }
     }
 

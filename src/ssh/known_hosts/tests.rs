@@ -24,7 +24,7 @@ fn key(text: &str) -> PublicKey {
 }
 
 fn file(text: &str) -> KnownHosts {
-    KnownHosts::parse(Path::new("/test/known_hosts"), text)
+    KnownHosts::parse(Path::new("/test/known_hosts"), text, None)
 }
 
 fn certificate(text: &str) -> Certificate {
@@ -203,4 +203,27 @@ fn glob_matches_like_openssh() {
     assert!(glob("*-sha1", "diffie-hellman-group14-sha1"));
     assert!(!glob("*-sha1", "hmac-sha1-etm@openssh.com"));
     assert!(glob("[*]:2222", "[r1]:2222"));
+}
+
+#[test]
+fn a_file_read_for_one_host_keeps_only_its_lines() {
+    let text = format!(
+        "router1 {ED25519}\nrouter2 ssh-ed25519 broken\n{HASHED_PORT} {ECDSA}\n@revoked * {OTHER_ED25519}\n"
+    );
+    let hosts = KnownHosts::parse(
+        Path::new("/test/known_hosts"),
+        &text,
+        Some("[127.0.0.1]:2222"),
+    );
+    assert_eq!(hosts.lines.len(), 2, "{hosts:?}");
+    assert_eq!(
+        hosts.check_key("127.0.0.1", 2222, &key(ECDSA)),
+        Verdict::Known
+    );
+    assert_eq!(
+        hosts.check_key("127.0.0.1", 2222, &key(OTHER_ED25519)),
+        Verdict::Revoked { line: 4 }
+    );
+    // The broken line is about router2 only.
+    assert_eq!(hosts.invalid_entry("127.0.0.1", 2222), None);
 }
