@@ -435,6 +435,174 @@ auth_stop() {
     done
 }
 
+# --- algorithms and host keys (SSHD_ALGO_*) ---------------------------------------------------
+# Three more sshds for tests/openssh_algorithms.rs, password logins as the fixture's user:
+#   legacy  KexAlgorithms diffie-hellman-group14-sha1, HostKeyAlgorithms ssh-rsa,
+#           Ciphers aes128-cbc, MACs hmac-sha1, an RSA host key (an old device)
+#   modern  ed25519, ecdsa and rsa host keys, OpenSSH's defaults
+#   cert    an ed25519 host key with a host certificate (principal 127.0.0.1) from a CA
+# and the known_hosts files the tests check them with. `algo_start` prints its KEY=VALUE lines:
+#   SSHD_ALGO_LEGACY_PORT, SSHD_ALGO_MODERN_PORT, SSHD_ALGO_CERT_PORT
+#   SSHD_ALGO_KH_LEGACY       the legacy server's RSA key
+#   SSHD_ALGO_KH_RSA_ECDSA    the modern server's RSA and ECDSA keys, not its ed25519 one
+#   SSHD_ALGO_KH_HASHED       the same, hashed (ssh-keyscan -H)
+#   SSHD_ALGO_KH_REVOKED      the modern server's ed25519 and ecdsa keys, ed25519 also under
+#                             @revoked (ssh then asks for ecdsa, and connects)
+#   SSHD_ALGO_KH_REVOKED_ONLY its ed25519 key, also under @revoked (ssh refuses)
+#   SSHD_ALGO_KH_UNLISTED     only a key of another host
+#   SSHD_ALGO_KH_CA           @cert-authority line for the cert server's CA
+#   SSHD_ALGO_KH_WRONG_CA     @cert-authority line for another CA
+#   SSHD_ALGO_ASKPASS         SSH_ASKPASS script answering the password, for the ssh client
+
+# Prints the pid of sshd NAME of this block if it runs (guards against pid reuse).
+algo_sshd_pid() {
+    local name=$1 pid cmdline
+    [[ -s $ALGO_DIR/$name.pid ]] || return 1
+    pid=$(<"$ALGO_DIR/$name.pid")
+    [[ $pid =~ ^[0-9]+$ ]] || return 1
+    cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+    [[ $cmdline == *"$SSHD"*"-f $ALGO_DIR/$name.conf"* ]] || return 1
+    echo "$pid"
+}
+
+# Starts sshd NAME on a free port with the extra config lines on stdin; prints the port.
+algo_run_sshd() {
+    local name=$1 extra port attempt deadline
+    extra=$(cat)
+    for attempt in 1 2 3 4 5; do
+        port=$(pick_free_port)
+        cat >"$ALGO_DIR/$name.conf" <<CONF
+Port $port
+ListenAddress 127.0.0.1
+PidFile $ALGO_DIR/$name.pid
+AllowUsers $FIXTURE_USER
+PasswordAuthentication yes
+PubkeyAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+LogLevel VERBOSE
+$extra
+CONF
+        "$SSHD" -t -f "$ALGO_DIR/$name.conf" || die "sshd rejected $ALGO_DIR/$name.conf"
+        rm -f "$ALGO_DIR/$name.pid"
+        if "$SSHD" -f "$ALGO_DIR/$name.conf" -E "$ALGO_DIR/$name.log"; then
+            deadline=$((SECONDS + START_TIMEOUT_S))
+            until port_open "$port" && algo_sshd_pid "$name" >/dev/null; do
+                ((SECONDS < deadline)) || die "algo: sshd $name did not listen on $port"
+                sleep 0.1
+            done
+            echo "$port"
+            return 0
+        fi
+        log "algo: could not start $name on $port (attempt $attempt)"
+    done
+    die "algo: sshd $name failed to start"
+}
+
+# A key of TYPE at ALGO_DIR/NAME, kept across restarts like a device's host key.
+algo_key() {
+    [[ -s $ALGO_DIR/$2 ]] || ssh-keygen -q -t "$1" -N '' -C "algo-fixture" -f "$ALGO_DIR/$2"
+}
+
+# A known_hosts line for [127.0.0.1]:PORT and the public key ALGO_DIR/NAME.pub.
+algo_kh() {
+    echo "[127.0.0.1]:$1 $(cut -d' ' -f1,2 "$ALGO_DIR/$2.pub")"
+}
+
+algo_start() {
+    local password=$1 legacy modern cert
+    ALGO_DIR=$DIR/algo
+    algo_stop
+    mkdir -p "$ALGO_DIR"
+    algo_key rsa legacy_rsa
+    algo_key ed25519 modern_ed25519
+    algo_key ecdsa modern_ecdsa
+    algo_key rsa modern_rsa
+    algo_key ed25519 cert_ed25519
+    algo_key ed25519 ca
+    algo_key ed25519 wrong_ca
+    algo_key ed25519 stranger
+    # Signed anew on every start, so its validity period always covers the test run.
+    rm -f "$ALGO_DIR/cert_ed25519-cert.pub"
+    ssh-keygen -q -s "$ALGO_DIR/ca" -I algo-fixture-host -h -n 127.0.0.1 -V -5m:+7d \
+        "$ALGO_DIR/cert_ed25519.pub"
+
+    legacy=$(algo_run_sshd legacy <<CONF
+HostKey $ALGO_DIR/legacy_rsa
+KexAlgorithms diffie-hellman-group14-sha1
+HostKeyAlgorithms ssh-rsa
+Ciphers aes128-cbc
+MACs hmac-sha1
+CONF
+    )
+    modern=$(algo_run_sshd modern <<CONF
+HostKey $ALGO_DIR/modern_ed25519
+HostKey $ALGO_DIR/modern_ecdsa
+HostKey $ALGO_DIR/modern_rsa
+CONF
+    )
+    cert=$(algo_run_sshd cert <<CONF
+HostKey $ALGO_DIR/cert_ed25519
+HostCertificate $ALGO_DIR/cert_ed25519-cert.pub
+CONF
+    )
+
+    algo_kh "$legacy" legacy_rsa >"$ALGO_DIR/kh_legacy"
+    { algo_kh "$modern" modern_rsa; algo_kh "$modern" modern_ecdsa; } >"$ALGO_DIR/kh_rsa_ecdsa"
+    ssh-keyscan -H -p "$modern" -t rsa,ecdsa 127.0.0.1 2>/dev/null >"$ALGO_DIR/kh_hashed" || true
+    [[ $(grep -c '^|1|' "$ALGO_DIR/kh_hashed") == 2 ]] ||
+        die "algo: ssh-keyscan -H did not give the two hashed keys"
+    {
+        algo_kh "$modern" modern_ed25519
+        algo_kh "$modern" modern_ecdsa
+        echo "@revoked * $(cut -d' ' -f1,2 "$ALGO_DIR/modern_ed25519.pub")"
+    } >"$ALGO_DIR/kh_revoked"
+    {
+        algo_kh "$modern" modern_ed25519
+        echo "@revoked * $(cut -d' ' -f1,2 "$ALGO_DIR/modern_ed25519.pub")"
+    } >"$ALGO_DIR/kh_revoked_only"
+    echo "[10.255.255.1]:$modern $(cut -d' ' -f1,2 "$ALGO_DIR/stranger.pub")" >"$ALGO_DIR/kh_unlisted"
+    echo "@cert-authority [127.0.0.1]:$cert $(cut -d' ' -f1,2 "$ALGO_DIR/ca.pub")" >"$ALGO_DIR/kh_ca"
+    echo "@cert-authority [127.0.0.1]:$cert $(cut -d' ' -f1,2 "$ALGO_DIR/wrong_ca.pub")" \
+        >"$ALGO_DIR/kh_wrong_ca"
+    # Root-only: it holds the password (letters and digits only, see random_password).
+    install -m 700 /dev/null "$ALGO_DIR/askpass"
+    printf '#!/bin/sh\necho %s\n' "$password" >"$ALGO_DIR/askpass"
+
+    cat <<ENV
+SSHD_ALGO_LEGACY_PORT=$legacy
+SSHD_ALGO_MODERN_PORT=$modern
+SSHD_ALGO_CERT_PORT=$cert
+SSHD_ALGO_KH_LEGACY=$ALGO_DIR/kh_legacy
+SSHD_ALGO_KH_RSA_ECDSA=$ALGO_DIR/kh_rsa_ecdsa
+SSHD_ALGO_KH_HASHED=$ALGO_DIR/kh_hashed
+SSHD_ALGO_KH_REVOKED=$ALGO_DIR/kh_revoked
+SSHD_ALGO_KH_REVOKED_ONLY=$ALGO_DIR/kh_revoked_only
+SSHD_ALGO_KH_UNLISTED=$ALGO_DIR/kh_unlisted
+SSHD_ALGO_KH_CA=$ALGO_DIR/kh_ca
+SSHD_ALGO_KH_WRONG_CA=$ALGO_DIR/kh_wrong_ca
+SSHD_ALGO_ASKPASS=$ALGO_DIR/askpass
+ENV
+    log "algo: legacy sshd on $legacy, modern on $modern, cert on $cert"
+}
+
+algo_stop() {
+    local name pid victims
+    ALGO_DIR=$DIR/algo
+    for name in legacy modern cert; do
+        pid=$(algo_sshd_pid "$name") || continue
+        mapfile -t victims < <(descendants "$pid")
+        victims=("$pid" ${victims[@]+"${victims[@]}"})
+        kill -TERM "${victims[@]}" 2>/dev/null || true
+        if ! wait_gone "$STOP_TIMEOUT_S" "${victims[@]}"; then
+            kill -KILL "${victims[@]}" 2>/dev/null || true
+            wait_gone "$STOP_TIMEOUT_S" "${victims[@]}" || die "algo: still alive: ${victims[*]}"
+        fi
+        rm -f "$ALGO_DIR/$name.pid"
+    done
+}
+
 cmd_start() {
     local pid port password attempt
     if pid=$(running_pid); then
@@ -483,6 +651,7 @@ SSHD_PIDFILE=$PIDFILE
 EOF
         auth_env >>"$tmp"
     )
+    algo_start "$password" >>"$tmp"
     mv "$tmp" "$ENV_FILE"
     log "sshd running on 127.0.0.1:$port (pid $(<"$PIDFILE")), see $ENV_FILE"
 }
@@ -491,6 +660,7 @@ cmd_stop() {
     local pid victims
     rm -f "$ENV_FILE"
     auth_stop
+    algo_stop
     if ! pid=$(running_pid); then
         rm -f "$PIDFILE"
         log "not running"

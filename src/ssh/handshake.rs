@@ -22,6 +22,7 @@ use tokio::time::Instant;
 
 use crate::connection::{FailureKind, OpenError};
 
+use super::algorithms;
 use super::host_keys::{ClientHandler, Session};
 
 /// `host:port`, with an IPv6 literal in brackets.
@@ -186,8 +187,10 @@ fn classify(error: &russh::Error, address: &str, banner_seen: bool) -> OpenError
         };
         return OpenError::new(kind, format!("{address} {what}"));
     }
+    if let russh::Error::NoCommonAlgo { kind, ours, theirs } = error {
+        return algorithms::negotiation_error(kind, ours, theirs, address);
+    }
     let kind = match error {
-        russh::Error::NoCommonAlgo { .. } => FailureKind::Negotiation,
         russh::Error::UnknownKey => FailureKind::HostKey,
         russh::Error::IO(io) => io_kind(io),
         russh::Error::ConnectionTimeout | russh::Error::KeepaliveTimeout => FailureKind::Timeout,

@@ -4,6 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::algorithms::AlgorithmPolicy;
 use super::cli::Platforms;
 use super::ssh_config::SshConfigFile;
 
@@ -110,6 +111,9 @@ pub struct SshOptions {
     /// The platform profiles the params' `platform` selects from (see [`super::cli`]).
     /// Defaults to the built-in ones.
     pub platforms: Platforms,
+    /// Which algorithms are offered when the params' `algorithms` extra gives none. Defaults
+    /// to [`AlgorithmPolicy::Modern`].
+    pub algorithms: AlgorithmPolicy,
 }
 
 impl Default for SshOptions {
@@ -129,6 +133,7 @@ impl Default for SshOptions {
             ssh_config: None,
             connect_timeout: None,
             platforms: Platforms::builtin(),
+            algorithms: AlgorithmPolicy::Modern,
         }
     }
 }
@@ -241,6 +246,14 @@ impl SshOptions {
         self
     }
 
+    /// Sets the algorithms offered when the params' `algorithms` extra (and the ssh config)
+    /// give none (default [`AlgorithmPolicy::Modern`]; see [`AlgorithmPolicy`] for legacy
+    /// devices and explicit lists).
+    pub fn algorithms(mut self, policy: AlgorithmPolicy) -> Self {
+        self.algorithms = policy;
+        self
+    }
+
     /// Sets the platform profiles the params' `platform` selects from (default
     /// [`Platforms::builtin`]).
     pub fn platforms(mut self, platforms: Platforms) -> Self {
@@ -302,6 +315,7 @@ impl fmt::Debug for SshOptions {
             .field("ssh_config", &self.ssh_config)
             .field("connect_timeout", &self.connect_timeout)
             .field("platforms", &self.platforms)
+            .field("algorithms", &self.algorithms)
             .finish()
     }
 }

@@ -15,11 +15,12 @@ use crate::connection::{
     ResolvedConnectionParams,
 };
 
+use super::algorithms;
 use super::auth::Credentials;
 use super::channel;
 use super::cli::CliSession;
 use super::handshake::{self, Budget};
-use super::host_keys::{ClientHandler, Liveness, Session};
+use super::host_keys::{self, ClientHandler, Liveness, Session};
 use super::options::SshOptions;
 use super::target::Target;
 
@@ -101,6 +102,13 @@ impl Connection for SshConnection {
             .map_or(&[][..], |config| &config.identity_files[..]);
         let credentials = Credentials::resolve(&self.options, &target.params, config_identities)?;
         let address = handshake::address(host, port);
+        let algorithms = algorithms::for_host(&target.algorithms, &target.params, port)?;
+        let policy = target.host_key_policy.clone();
+        // Read before the handshake: the key types it records order what we ask the server for.
+        let known_hosts = host_keys::load_known_hosts(&policy, host, port)
+            .map_err(|reason| OpenError::new(FailureKind::HostKey, reason))?;
+        let mut preferred = algorithms.preferred();
+        host_keys::order_host_keys(&mut preferred, known_hosts.as_ref(), host, port);
 
         let addrs: Vec<_> = tokio::net::lookup_host((host, port))
             .await
@@ -114,7 +122,8 @@ impl Connection for SshConnection {
         let handler = ClientHandler {
             host: host.to_owned(),
             port,
-            policy: target.host_key_policy.clone(),
+            policy,
+            known_hosts,
             refusal: Arc::new(Mutex::new(None)),
             liveness: liveness.clone(),
         };
@@ -122,6 +131,7 @@ impl Connection for SshConnection {
             nodelay: true,
             keepalive_interval: target.keepalive_interval,
             keepalive_max: self.options.keepalive_max,
+            preferred,
             ..client::Config::default()
         });
         let mut session = handshake::handshake(config, stream, handler, &address, &budget).await?;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::connection::{FailureKind, OpenError, ResolvedConnectionParams};
 
+use super::algorithms::AlgorithmPolicy;
 use super::options::{HostKeyPolicy, SshOptions, effective_keepalive};
 use super::ssh_config::{SshHostConfig, StrictHostKeyChecking};
 
@@ -28,6 +29,9 @@ pub(super) struct Target {
     /// What russh is given (zero is off, huge is capped).
     pub(super) keepalive_interval: Option<Duration>,
     pub(super) host_key_policy: HostKeyPolicy,
+    /// The algorithms before the host's extras: the ssh config's lists (applied to the modern
+    /// defaults, as `ssh` applies them to its own), else the options'.
+    pub(super) algorithms: AlgorithmPolicy,
     /// What the ssh config says about the host, `None` without a config: its `IdentityFile`s
     /// go to authentication, its `ProxyJump` and algorithm lists to their own stages.
     pub(super) ssh_config: Option<SshHostConfig>,
@@ -72,6 +76,11 @@ impl Target {
                 Some(config) => host_key_policy(&options.host_key_policy, config),
                 None => options.host_key_policy.clone(),
             },
+            algorithms: match &config {
+                Some(config) => config_algorithms(config, &params.hostname)?
+                    .unwrap_or_else(|| options.algorithms.clone()),
+                None => options.algorithms.clone(),
+            },
             ssh_config: config,
         })
     }
@@ -106,6 +115,25 @@ fn host_key_policy(base: &HostKeyPolicy, config: &SshHostConfig) -> HostKeyPolic
             HostKeyPolicy::AcceptAny => HostKeyPolicy::AcceptAny,
         },
     }
+}
+
+/// The ssh config's `KexAlgorithms`, `Ciphers`, `MACs` and `HostKeyAlgorithms`, if it sets any.
+fn config_algorithms(
+    config: &SshHostConfig,
+    hostname: &str,
+) -> Result<Option<AlgorithmPolicy>, OpenError> {
+    AlgorithmPolicy::from_openssh(
+        config.kex_algorithms.as_deref(),
+        config.ciphers.as_deref(),
+        config.macs.as_deref(),
+        config.host_key_algorithms.as_deref(),
+    )
+    .map_err(|error| {
+        OpenError::new(
+            FailureKind::Config,
+            format!("the ssh config's algorithms for {hostname}: {error}"),
+        )
+    })
 }
 
 /// A number of seconds (fractions allowed) in the host's extras; `None` when absent or null.

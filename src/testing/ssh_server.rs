@@ -48,10 +48,12 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::{JoinHandle, JoinSet};
 
+mod algorithms;
 mod auth;
 mod channels;
 mod cli;
 
+pub use algorithms::{ServerAlgorithms, generate_host_key};
 pub use auth::{AuthMethod, PASSWORD_PROMPT, sign_user_certificate};
 use channels::{Channels, Gauge};
 pub use cli::{CliDevice, CliDeviceState, CliPlatform, DEFAULT_SECRET};
@@ -148,6 +150,12 @@ pub struct SshTestServerConfig {
     /// `ConnectFailed`, as OpenSSH's `MaxSessions` (10 by default) refuses it. `None`, the
     /// default, sets no limit.
     pub max_channels: Option<usize>,
+    /// Which algorithms the server speaks; [`ServerAlgorithms::LegacyOnly`] imitates an old
+    /// device (and needs an RSA [`Self::host_key`]).
+    pub algorithms: ServerAlgorithms,
+    /// Host keys offered beside [`Self::host_key`] (of other types), as `sshd` offers one per
+    /// `HostKey` line; the client picks the type.
+    pub extra_host_keys: Vec<PrivateKey>,
     /// Serve a PTY shell imitating a network device's CLI (see [`CliDevice`]); `None`, the
     /// default, refuses shells.
     pub cli: Option<CliDevice>,
@@ -167,6 +175,8 @@ impl Default for SshTestServerConfig {
             latency: Duration::ZERO,
             reject_auth: false,
             max_channels: None,
+            algorithms: ServerAlgorithms::Modern,
+            extra_host_keys: Vec::new(),
             cli: None,
         }
     }
@@ -193,6 +203,15 @@ impl fmt::Debug for SshTestServerConfig {
             .field("latency", &self.latency)
             .field("reject_auth", &self.reject_auth)
             .field("max_channels", &self.max_channels)
+            .field("algorithms", &self.algorithms)
+            .field(
+                "extra_host_keys",
+                &self
+                    .extra_host_keys
+                    .iter()
+                    .map(PrivateKey::algorithm)
+                    .collect::<Vec<_>>(),
+            )
             .field("cli", &self.cli)
             .finish()
     }
@@ -252,8 +271,12 @@ impl SshTestServer {
             None => generate_ed25519_key()?,
         };
         let host_key_public = host_key.public_key().clone();
+        let preferred = config.algorithms.preferred(&host_key)?;
+        let mut keys = vec![host_key];
+        keys.extend(config.extra_host_keys);
         let ssh_config = Arc::new(server::Config {
-            keys: vec![host_key],
+            keys,
+            preferred,
             methods: auth::method_set(&config.auth_methods),
             // russh pads every rejection to 1 s by default (timing-attack defence); tests that
             // exercise bad credentials would crawl.
