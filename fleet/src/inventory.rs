@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use connection_supervisor::ssh::{HostKeyPolicy, PLUGIN_NAME, SshConfigFile};
+use connection_supervisor::ssh::{AlgorithmPolicy, HostKeyPolicy, PLUGIN_NAME, SshConfigFile};
 use connection_supervisor::{ConnectionKey, Extras, ResolvedConnectionParams};
 use serde::Deserialize;
 use serde_json::Value;
@@ -338,6 +338,10 @@ fn check_settings(settings: &Settings, entry: &str) -> Result<(), String> {
     if let Some(algorithms) = &settings.algorithms {
         check_algorithms(algorithms)
             .map_err(|problem| format!("{entry}: `algorithms` {problem}"))?;
+        // The plugin's own reading: an algorithm it does not know is refused here, before any
+        // connection, rather than at every open.
+        AlgorithmPolicy::from_extra(&toml_to_json(algorithms))
+            .map_err(|problem| format!("{entry}: `algorithms`: {problem}"))?;
     }
     if let Some(jump) = &settings.jump
         && jump.trim().is_empty()

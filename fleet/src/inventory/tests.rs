@@ -135,6 +135,11 @@ fn wrong_values_get_one_line_naming_the_entry_and_the_key() {
     refused(&scratch, &host("algorithms = 3"), &["`algorithms`"]);
     refused(
         &scratch,
+        &host("algorithms = { kex = \"+diffie-hellman-group99-sha7\" }"),
+        &["`algorithms`", "diffie-hellman-group99-sha7"],
+    );
+    refused(
+        &scratch,
         &host("jump = \"nowhere\""),
         &["`jump`", "\"nowhere\"", "not an entry"],
     );
