@@ -1,8 +1,11 @@
 //! What the SSH plugin can be told: host-key policy, credentials, keepalive, channels.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use crate::connection::ResolvedConnectionParams;
 
 use super::ssh_config::SshConfigFile;
 
@@ -57,7 +60,8 @@ impl fmt::Debug for PrivateKeySource {
 /// Settings for every SSH connection the factory makes. Per host, `ResolvedConnectionParams`
 /// overrides them: `port`, `username`, `password`, and in `extras` `private_key_path`,
 /// `private_key` (the key text), `private_key_passphrase` (or `passphrase`), `agent` (a
-/// bool) and `connect_timeout` (seconds). A key named in the extras replaces
+/// bool), `connect_timeout` (seconds) and `jump` (a jump host: see
+/// [`jump_host`](Self::jump_host) and the [module docs](super#jump-hosts)). A key named in the extras replaces
 /// [`Self::identities`] for that host. Between the two comes the OpenSSH client config, when
 /// [`SshOptions::ssh_config`] names one: params and extras first, then the config, then these
 /// options.
@@ -106,6 +110,10 @@ pub struct SshOptions {
     /// Defaults to `None`: only the supervisor's open timeout bounds them, and a stalled
     /// handshake then fails with that timeout's message instead of the stage's.
     pub connect_timeout: Option<Duration>,
+    /// Jump hosts (bastions) by name, for `extras.jump`: each is opened as a supervised
+    /// connection of its own, keyed `(name, "ssh")`, with these params (which may name a jump
+    /// host of their own). See [`jump_host`](Self::jump_host).
+    pub jump_hosts: BTreeMap<String, ResolvedConnectionParams>,
 }
 
 impl Default for SshOptions {
@@ -124,11 +132,24 @@ impl Default for SshOptions {
             max_channels: 8,
             ssh_config: None,
             connect_timeout: None,
+            jump_hosts: BTreeMap::new(),
         }
     }
 }
 
 impl SshOptions {
+    /// Registers a jump host (bastion) under `name`, for hosts whose `extras.jump` names it.
+    /// It is opened with `params` as a supervised connection of its own, keyed
+    /// `ConnectionKey::new(name, "ssh")`, once for every host behind it; the options fill in
+    /// what the params leave out, as for any host. Its params may carry an `extras.jump` of
+    /// their own (a chain of jump hosts); a loop is refused with
+    /// [`FailureKind::Config`](crate::FailureKind::Config). Jump hosts need a factory linked to
+    /// its supervisor: see [`factory_with_link`](super::factory_with_link).
+    pub fn jump_host(mut self, name: impl Into<String>, params: ResolvedConnectionParams) -> Self {
+        self.jump_hosts.insert(name.into(), params);
+        self
+    }
+
     /// Sets the port used when the params give none (default 22).
     pub fn port(mut self, port: u16) -> Self {
         self.port = port;
@@ -289,6 +310,8 @@ impl fmt::Debug for SshOptions {
             .field("max_channels", &self.max_channels)
             .field("ssh_config", &self.ssh_config)
             .field("connect_timeout", &self.connect_timeout)
+            // Names only: the params carry passwords and keys.
+            .field("jump_hosts", &self.jump_hosts.keys().collect::<Vec<_>>())
             .finish()
     }
 }
