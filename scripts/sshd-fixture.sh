@@ -603,6 +603,122 @@ algo_stop() {
     done
 }
 
+# --- jump hosts (issue 11): a bastion and a target reached through it --------------------------
+# Two more servers, self-contained (their own configs, host keys, pid files and logs under
+# DIR/jump), same user, password and client key as the main one. Lines in fixture.env:
+#   SSHD_JUMP_BASTION_PORT   AllowTcpForwarding yes, LogLevel DEBUG1 (its log shows
+#                            `server_request_direct_tcpip: ... target 127.0.0.1 port N`)
+#   SSHD_JUMP_TARGET_PORT    AllowTcpForwarding no (as a bastion, it refuses to forward)
+#   SSHD_JUMP_KNOWN_HOSTS    known_hosts with both servers' host keys
+#   SSHD_JUMP_BASTION_LOG, SSHD_JUMP_TARGET_LOG, SSHD_JUMP_BASTION_PIDFILE
+
+readonly JUMP_SERVERS=(bastion target)
+
+jump_is_ours() {
+    local pid=$1 conf=$2 cmdline
+    [[ $pid =~ ^[0-9]+$ ]] || return 1
+    cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+    [[ $cmdline == *"$SSHD"*"-f $conf"* ]]
+}
+
+# Writes the config of jump server NAME on PORT, with EXTRA lines appended.
+jump_config() {
+    local name=$1 port=$2 extra=$3 dir=$DIR/jump
+    cat >"$dir/$name.conf" <<EOF
+# Written by scripts/sshd-fixture.sh (jump hosts); rewritten on every start.
+Port $port
+ListenAddress 127.0.0.1
+HostKey $dir/${name}_host_ed25519_key
+PidFile $dir/$name.pid
+AllowUsers $FIXTURE_USER
+PermitRootLogin no
+PasswordAuthentication yes
+PubkeyAuthentication yes
+KbdInteractiveAuthentication no
+AuthorizedKeysFile .ssh/authorized_keys
+UsePAM no
+StrictModes no
+MaxStartups 100
+X11Forwarding no
+PrintMotd no
+PrintLastLog no
+$extra
+EOF
+    if "$SSHD" -t -f "$dir/$name.conf" -o PerSourcePenalties=no >/dev/null 2>&1; then
+        echo "PerSourcePenalties no" >>"$dir/$name.conf"
+    fi
+    "$SSHD" -t -f "$dir/$name.conf" || die "sshd rejected $dir/$name.conf"
+}
+
+# Starts jump server NAME with EXTRA config lines on a free port; prints the port.
+jump_start_one() {
+    local name=$1 extra=$2 dir=$DIR/jump port attempt deadline
+    [[ -s $dir/${name}_host_ed25519_key ]] || new_key "$dir/${name}_host_ed25519_key" "sshd-fixture-$name"
+    for attempt in 1 2 3 4 5; do
+        port=$(pick_free_port)
+        jump_config "$name" "$port" "$extra"
+        rm -f "$dir/$name.pid"
+        if "$SSHD" -f "$dir/$name.conf" -E "$dir/$name.log"; then
+            deadline=$((SECONDS + START_TIMEOUT_S))
+            until port_open "$port" && [[ -s $dir/$name.pid ]] &&
+                jump_is_ours "$(<"$dir/$name.pid")" "$dir/$name.conf"; do
+                ((SECONDS < deadline)) || die "jump $name sshd did not listen on $port in time"
+                sleep 0.1
+            done
+            echo "$port"
+            return 0
+        fi
+        log "jump $name: could not start on port $port (attempt $attempt)"
+    done
+    die "jump $name sshd failed to start"
+}
+
+jump_start() {
+    local dir=$DIR/jump
+    jump_stop
+    mkdir -p "$dir"
+    chmod 755 "$dir"
+    JUMP_BASTION_PORT=$(jump_start_one bastion $'AllowTcpForwarding yes\nLogLevel DEBUG1')
+    JUMP_TARGET_PORT=$(jump_start_one target $'AllowTcpForwarding no\nLogLevel VERBOSE')
+    {
+        echo "[127.0.0.1]:$JUMP_BASTION_PORT $(cut -d' ' -f1,2 "$dir/bastion_host_ed25519_key.pub")"
+        echo "[127.0.0.1]:$JUMP_TARGET_PORT $(cut -d' ' -f1,2 "$dir/target_host_ed25519_key.pub")"
+    } >"$dir/known_hosts"
+}
+
+# The fixture.env lines of the jump servers.
+jump_env() {
+    local dir=$DIR/jump
+    cat <<EOF
+SSHD_JUMP_BASTION_PORT=$JUMP_BASTION_PORT
+SSHD_JUMP_TARGET_PORT=$JUMP_TARGET_PORT
+SSHD_JUMP_KNOWN_HOSTS=$dir/known_hosts
+SSHD_JUMP_BASTION_LOG=$dir/bastion.log
+SSHD_JUMP_TARGET_LOG=$dir/target.log
+SSHD_JUMP_BASTION_PIDFILE=$dir/bastion.pid
+EOF
+}
+
+# Stops the jump servers and their sessions, by pid file only.
+jump_stop() {
+    local dir=$DIR/jump name pid victims
+    for name in "${JUMP_SERVERS[@]}"; do
+        [[ -s $dir/$name.pid ]] || continue
+        pid=$(<"$dir/$name.pid")
+        if jump_is_ours "$pid" "$dir/$name.conf"; then
+            mapfile -t victims < <(descendants "$pid")
+            victims=("$pid" ${victims[@]+"${victims[@]}"})
+            kill -TERM "${victims[@]}" 2>/dev/null || true
+            if ! wait_gone "$STOP_TIMEOUT_S" "${victims[@]}"; then
+                kill -KILL "${victims[@]}" 2>/dev/null || true
+                wait_gone "$STOP_TIMEOUT_S" "${victims[@]}" || die "jump $name still alive: ${victims[*]}"
+            fi
+            log "stopped jump $name sshd $pid"
+        fi
+        rm -f "$dir/$name.pid"
+    done
+}
+
 cmd_start() {
     local pid port password attempt
     if pid=$(running_pid); then
@@ -636,6 +752,7 @@ cmd_start() {
 
     echo "[127.0.0.1]:$port $(cut -d' ' -f1,2 "$DIR/ssh_host_ed25519_key.pub")" >"$KNOWN_HOSTS"
     auth_start
+    jump_start
     # Written last and atomically: its presence means the server is up.
     local tmp=$ENV_FILE.tmp
     (
@@ -650,6 +767,7 @@ SSHD_KNOWN_HOSTS=$KNOWN_HOSTS
 SSHD_PIDFILE=$PIDFILE
 EOF
         auth_env >>"$tmp"
+        jump_env >>"$tmp"
     )
     algo_start "$password" >>"$tmp"
     mv "$tmp" "$ENV_FILE"
@@ -660,6 +778,7 @@ cmd_stop() {
     local pid victims
     rm -f "$ENV_FILE"
     auth_stop
+    jump_stop
     algo_stop
     if ! pid=$(running_pid); then
         rm -f "$PIDFILE"

@@ -324,6 +324,20 @@ pub trait Connection: Any + Send {
     /// same instance after a failed open or a lost connection.
     async fn open(&mut self, params: &ResolvedConnectionParams) -> Result<(), OpenError>;
 
+    /// Gets ready for an open: called before every open attempt, before the attempt takes an
+    /// open slot (the supervisor's open budget and the target address's handshake limit), and
+    /// bounded, with the open that follows, by the open timeout.
+    ///
+    /// The place to wait for what the open depends on, such as another supervised connection
+    /// (the SSH plugin opens a jump host here): waiting inside [`open`](Self::open) would hold
+    /// an open slot meanwhile, and many connections waiting for one dependency could hold
+    /// every slot while the dependency waits for one. An `Err` fails the attempt as a failed
+    /// `open` would; `open` is then not called. The default does nothing.
+    async fn prepare(&mut self, params: &ResolvedConnectionParams) -> Result<(), OpenError> {
+        let _ = params;
+        Ok(())
+    }
+
     /// Releases the connection. Called exactly once per instance, whether it was opened or not.
     async fn close(&mut self);
 

@@ -77,7 +77,8 @@
 //! - `genja` (feature `genja`): on top of `client/`, genja 0.5's runners, plugins and
 //!   inventory on the supervisor.
 //! - [`ssh`] (feature `ssh`) and [`testing`] (feature `testing`): beside the rest, depending
-//!   only on [`connection`].
+//!   only on [`connection`] (and `ssh/jump.rs` on the client API, through which a host opens
+//!   its jump host).
 //!
 //! docs/architecture.md describes how a request flows through the actors.
 

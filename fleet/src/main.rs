@@ -466,9 +466,13 @@ async fn run(cli: Cli) -> Result<bool, String> {
         .host_key_policy(host_keys)
         .connect_timeout(Duration::from_secs_f64(cli.connect_timeout));
     options.ssh_config = ssh_config;
-    let config = SupervisorConfig::default()
-        .factory(ssh::factory(options))
-        .policy(policy);
+    // Every entry can be another's `jump`: as a jump host it is the same supervised
+    // connection (same key) as the entry itself, so its session is shared.
+    for target in &targets {
+        options = options.jump_host(target.key.hostname.clone(), target.params.clone());
+    }
+    let (factory, link) = ssh::factory_with_link(options);
+    let config = SupervisorConfig::default().factory(factory).policy(policy);
     // Before the supervisor: its series are registered with the recorder installed then.
     if let Some(addr) = cli.metrics {
         metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -480,6 +484,7 @@ async fn run(cli: Cli) -> Result<bool, String> {
     let manager = ConnectionManager::spawn(config)
         .await
         .map_err(|e| format!("starting the supervisor: {e}"))?;
+    link.bind(&manager);
     let events = manager
         .subscribe()
         .await

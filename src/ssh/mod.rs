@@ -99,25 +99,60 @@
 //! Network devices that want an interactive shell (prompt, pager, `enable`, configuration
 //! mode) are driven through one when the params' `platform` names a CLI profile: see [`cli`].
 //!
-//! The core knows nothing of SSH: this module only implements
-//! [`Connection`] and [`CommandRunner`](crate::CommandRunner).
+//! # Jump hosts
 //!
-//! Files: `options.rs` (what can be set), `session.rs` (the connection and its command
-//! runner), `channel.rs` (one command on its channel, and the channel's cleanup when the
-//! command is abandoned), `auth.rs` (credentials and authentication; `auth/agent.rs`, keys
-//! through an ssh-agent), `identities.rs` (reading and decrypting keys, certificates beside
-//! them), `host_keys.rs` (russh's callbacks: host-key checks and loss reports).
-//! Files: `options.rs` (what can be set), `ssh_config.rs` (OpenSSH client config files),
-//! `target.rs` (params, config and options merged for one open), `session.rs` (the connection
-//! and its command runner), `handshake.rs` (TCP connect, banner and key exchange, each with
-//! its own error), `channel.rs` (one command on its channel, and the channel's cleanup when
-//! the command is abandoned), `auth.rs` (credentials and authentication), `host_keys.rs`
-//! (russh's callbacks: host-key checks and loss reports).
-//! command is abandoned), `auth.rs` (credentials and authentication), `host_keys.rs` (russh's
-//! callbacks: host-key checks and loss reports), `cli/` (platform profiles and the PTY shell
-//! of network devices).
-//! callbacks: host-key checks and loss reports), `known_hosts.rs` (reading and matching a
-//! known_hosts file), `algorithms.rs` (the algorithm policy).
+//! A host behind a bastion names it in `extras.jump`: the name of a jump host registered with
+//! [`SshOptions::jump_host`] (whose own params may name another: a chain), or an OpenSSH
+//! `ProxyJump` chain `[user@]host[:port],...` whose hops use the options' credentials
+//! ([`parse_proxy_jump`] reads one). Without `extras.jump`, the ssh config's `ProxyJump` for the
+//! host serves. The host's SSH session runs over a direct-tcpip channel on the bastion's
+//! session, as `ssh -J` does.
+//!
+//! The bastion is a supervised connection of its own, keyed `(name, "ssh")` (for a
+//! `ProxyJump` hop, the chain up to it), in the same supervisor: every host behind it shares
+//! its one session, opened by the first host that needs it. That takes a factory linked to the
+//! supervisor:
+//!
+//! ```no_run
+//! use connection_supervisor::{ConnectionKey, ConnectionManager, ResolvedConnectionParams};
+//! use connection_supervisor::ssh::{self, SshOptions};
+//!
+//! # async fn run() -> Result<(), connection_supervisor::Error> {
+//! let bastion = ResolvedConnectionParams::new("bastion.example.net");
+//! let options = SshOptions::default().username("ops").jump_host("b1", bastion);
+//! let (factory, link) = ssh::factory_with_link(options);
+//! let manager = ConnectionManager::with_connection_factory(factory).await?;
+//! link.bind(&manager);
+//! let mut params = ResolvedConnectionParams::new("10.0.0.5");
+//! params.extras = Some([("jump".to_owned(), "b1".into())].into());
+//! let router = manager.open_connection(&ConnectionKey::new("r5", "ssh"), &params).await?;
+//! # let _ = router; Ok(()) }
+//! ```
+//!
+//! - **Opens.** A host opens its bastion (or finds it open) before its own open takes an open
+//!   slot ([`Connection::prepare`]), so any number of hosts waiting for one bastion cannot hold
+//!   every slot while the bastion waits for one. A bastion that is reconnecting is waited for,
+//!   within the host's open timeout.
+//! - **Losses cascade.** When the bastion's session ends (reset, keepalive timeout, a
+//!   reconnect, a close), the channels through it end, and every host behind it notices and is
+//!   lost at once; their reconnects open the bastion again, or wait for its own reconnect, and
+//!   come back through it.
+//! - **Closing the bastion's key** while hosts use it ends their sessions too; their
+//!   reconnects then open the bastion again under the same key. It stays wanted for as long as
+//!   hosts behind it are: close those first (or close all) to take everything down.
+//! - **Errors name the stage and the bastion**: `cannot reach bastion b1 (10.0.0.1:22): ...`
+//!   (with the bastion's own failure kind, so a rejected login to the bastion is an `Auth`
+//!   failure of the host), `cannot open a channel to 10.0.0.5:22 through bastion b1
+//!   (10.0.0.1:22): ...`, and a handshake failure `... (through bastion b1 (10.0.0.1:22))`. A
+//!   loop of jump hosts is refused before anything opens.
+//! - **No burst of rejected logins**: a bastion that gave up for a permanent reason (login
+//!   rejected, host key refused) is not tried again for each host behind it, only once it is
+//!   opened, retried or closed.
+//!
+//! The core knows nothing of SSH: this module only implements
+//! [`Connection`] and [`CommandRunner`](crate::CommandRunner). Jump hosts are the one place it
+//! uses the client API: a [`ConnectionManager`](crate::ConnectionManager), through the
+//! [`SupervisorLink`].
 //!
 //! # Algorithms and host keys
 //!
@@ -165,6 +200,17 @@
 //! assert!(AlgorithmLists::new().set(AlgorithmList::Ciphers, "+blowfish-cbc").is_err());
 //! # Ok::<(), connection_supervisor::ssh::AlgorithmError>(())
 //! ```
+//!
+//! Files: `options.rs` (what can be set), `ssh_config.rs` (OpenSSH client config files),
+//! `target.rs` (params, config and options merged for one open), `session.rs` (the connection
+//! and its command runner), `handshake.rs` (TCP connect, banner and key exchange, each with its
+//! own error), `algorithms.rs` (the algorithm policy), `known_hosts.rs` (reading and matching a
+//! known_hosts file), `host_keys.rs` (russh's callbacks: host-key checks and loss reports),
+//! `auth.rs` (credentials and authentication; `auth/agent.rs`, keys through an ssh-agent),
+//! `identities.rs` (reading and decrypting keys, certificates beside them), `channel.rs` (one
+//! command on its channel, and its cleanup when the command is abandoned), `jump.rs` (jump
+//! hosts) and `proxy_jump.rs` (OpenSSH's `ProxyJump` syntax), `cli/` (platform profiles and
+//! the PTY shell of network devices).
 
 use std::sync::Arc;
 
@@ -177,15 +223,19 @@ pub mod cli;
 mod handshake;
 mod host_keys;
 mod identities;
+mod jump;
 mod known_hosts;
 mod options;
+mod proxy_jump;
 mod session;
 mod ssh_config;
 mod target;
 
 pub use algorithms::{AlgorithmError, AlgorithmList, AlgorithmLists, AlgorithmPolicy};
 pub use cli::{PlatformProfile, Platforms, ProfileError};
+pub use jump::SupervisorLink;
 pub use options::{HostKeyPolicy, PrivateKeySource, SshOptions};
+pub use proxy_jump::{ProxyJumpHop, parse_proxy_jump};
 pub use session::SshConnection;
 pub use ssh_config::{SshClientConfig, SshConfigFile, SshHostConfig, StrictHostKeyChecking};
 
@@ -193,11 +243,24 @@ pub use ssh_config::{SshClientConfig, SshConfigFile, SshHostConfig, StrictHostKe
 pub const PLUGIN_NAME: &str = "ssh";
 
 /// A factory that makes an [`SshConnection`] for keys whose plugin is [`PLUGIN_NAME`], and
-/// `None` for any other plugin.
+/// `None` for any other plugin. Its connections cannot use jump hosts: for those, use
+/// [`factory_with_link`].
 pub fn factory(options: SshOptions) -> Arc<ConnectionFactory> {
+    factory_with_link(options).0
+}
+
+/// [`factory`], and the link through which its connections open their jump hosts: bind it to
+/// the manager once the manager is built ([`SupervisorLink::bind`]). Until then, a host behind
+/// a jump host fails to open with [`FailureKind::Config`](crate::FailureKind::Config).
+pub fn factory_with_link(options: SshOptions) -> (Arc<ConnectionFactory>, SupervisorLink) {
     let options = Arc::new(options);
-    Arc::new(move |key: &ConnectionKey| {
-        (key.plugin_name == PLUGIN_NAME)
-            .then(|| Box::new(SshConnection::new(options.clone())) as Box<dyn Connection>)
-    })
+    let link = SupervisorLink::default();
+    let shared = link.clone();
+    let factory = Arc::new(move |key: &ConnectionKey| {
+        (key.plugin_name == PLUGIN_NAME).then(|| {
+            let connection = SshConnection::linked(options.clone(), key.clone(), shared.clone());
+            Box::new(connection) as Box<dyn Connection>
+        })
+    });
+    (factory, link)
 }

@@ -1,11 +1,14 @@
 //! What the SSH plugin can be told: host-key policy, credentials, keepalive, channels.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use super::algorithms::AlgorithmPolicy;
 use super::cli::Platforms;
+use crate::connection::ResolvedConnectionParams;
+
 use super::ssh_config::SshConfigFile;
 
 /// The longest keepalive interval handed to russh, which adds it to the clock unchecked: about
@@ -59,7 +62,8 @@ impl fmt::Debug for PrivateKeySource {
 /// Settings for every SSH connection the factory makes. Per host, `ResolvedConnectionParams`
 /// overrides them: `port`, `username`, `password`, and in `extras` `private_key_path`,
 /// `private_key` (the key text), `private_key_passphrase` (or `passphrase`), `agent` (a
-/// bool) and `connect_timeout` (seconds). A key named in the extras replaces
+/// bool), `connect_timeout` (seconds) and `jump` (a jump host: see
+/// [`jump_host`](Self::jump_host) and the [module docs](super#jump-hosts)). A key named in the extras replaces
 /// [`Self::identities`] for that host. Between the two comes the OpenSSH client config, when
 /// [`SshOptions::ssh_config`] names one: params and extras first, then the config, then these
 /// options.
@@ -114,6 +118,10 @@ pub struct SshOptions {
     /// Which algorithms are offered when the params' `algorithms` extra gives none. Defaults
     /// to [`AlgorithmPolicy::Modern`].
     pub algorithms: AlgorithmPolicy,
+    /// Jump hosts (bastions) by name, for `extras.jump`: each is opened as a supervised
+    /// connection of its own, keyed `(name, "ssh")`, with these params (which may name a jump
+    /// host of their own). See [`jump_host`](Self::jump_host).
+    pub jump_hosts: BTreeMap<String, ResolvedConnectionParams>,
 }
 
 impl Default for SshOptions {
@@ -134,11 +142,24 @@ impl Default for SshOptions {
             connect_timeout: None,
             platforms: Platforms::builtin(),
             algorithms: AlgorithmPolicy::Modern,
+            jump_hosts: BTreeMap::new(),
         }
     }
 }
 
 impl SshOptions {
+    /// Registers a jump host (bastion) under `name`, for hosts whose `extras.jump` names it.
+    /// It is opened with `params` as a supervised connection of its own, keyed
+    /// `ConnectionKey::new(name, "ssh")`, once for every host behind it; the options fill in
+    /// what the params leave out, as for any host. Its params may carry an `extras.jump` of
+    /// their own (a chain of jump hosts); a loop is refused with
+    /// [`FailureKind::Config`](crate::FailureKind::Config). Jump hosts need a factory linked to
+    /// its supervisor: see [`factory_with_link`](super::factory_with_link).
+    pub fn jump_host(mut self, name: impl Into<String>, params: ResolvedConnectionParams) -> Self {
+        self.jump_hosts.insert(name.into(), params);
+        self
+    }
+
     /// Sets the port used when the params give none (default 22).
     pub fn port(mut self, port: u16) -> Self {
         self.port = port;
@@ -316,6 +337,8 @@ impl fmt::Debug for SshOptions {
             .field("connect_timeout", &self.connect_timeout)
             .field("platforms", &self.platforms)
             .field("algorithms", &self.algorithms)
+            // Names only: the params carry passwords and keys.
+            .field("jump_hosts", &self.jump_hosts.keys().collect::<Vec<_>>())
             .finish()
     }
 }

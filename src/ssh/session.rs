@@ -11,8 +11,8 @@ use russh::client::{self};
 use tracing::info;
 
 use crate::connection::{
-    CommandError, CommandOutput, CommandRunner, Connection, FailureKind, LossNotifier, OpenError,
-    ResolvedConnectionParams,
+    CommandError, CommandOutput, CommandRunner, Connection, ConnectionKey, FailureKind,
+    LossNotifier, OpenError, ResolvedConnectionParams,
 };
 
 use super::algorithms;
@@ -21,6 +21,7 @@ use super::channel;
 use super::cli::CliSession;
 use super::handshake::{self, Budget};
 use super::host_keys::{self, ClientHandler, Liveness, Session};
+use super::jump::{self, Cascade, Endpoint, SupervisorLink, Tunnel};
 use super::options::SshOptions;
 use super::target::Target;
 
@@ -34,6 +35,16 @@ pub struct SshConnection {
     notifier: Option<LossNotifier>,
     /// `host:port` of the open session, for the messages of its commands.
     address: Arc<str>,
+    /// The key it is pooled under, when the factory made it: a host must not be its own jump
+    /// host.
+    key: Option<ConnectionKey>,
+    /// The supervisor its jump hosts are opened through, when the factory made it.
+    link: Option<SupervisorLink>,
+    /// The jump host the session runs through: made ready by `prepare`, then kept while the
+    /// session lives, which it cannot outlive.
+    tunnel: Option<Arc<Tunnel>>,
+    /// Reports the session lost when its jump host is; ends with the session.
+    cascade: Option<Cascade>,
     /// The PTY shell, when the params' platform selects a CLI profile: commands then run in
     /// it, one at a time, instead of on channels of their own.
     cli: Option<CliSession>,
@@ -57,7 +68,60 @@ impl SshConnection {
             liveness: Arc::new(Liveness::none()),
             notifier: None,
             address: Arc::from(""),
+            key: None,
+            link: None,
+            tunnel: None,
+            cascade: None,
             cli: None,
+        }
+    }
+
+    /// What the factory makes: a connection that knows its key and can open its jump hosts
+    /// through the supervisor `link` is bound to.
+    pub(super) fn linked(
+        options: Arc<SshOptions>,
+        key: ConnectionKey,
+        link: SupervisorLink,
+    ) -> Self {
+        Self {
+            key: Some(key),
+            link: Some(link),
+            ..Self::new(options)
+        }
+    }
+
+    /// This connection as a jump host: its session, while it is usable.
+    pub(super) fn endpoint(&self) -> Option<Endpoint> {
+        let session = self.session.clone().filter(|_| self.is_alive())?;
+        Some(Endpoint {
+            session,
+            liveness: self.liveness.clone(),
+        })
+    }
+
+    /// The tunnel through the jump host the params (or, when their extras name none, the ssh
+    /// config's `ProxyJump`) name, made ready by `prepare` or, for an open without one, now;
+    /// `None` for a host reached directly.
+    async fn tunnel_for(&mut self, target: &Target) -> Result<Option<Arc<Tunnel>>, OpenError> {
+        let config_jump = target
+            .ssh_config
+            .as_ref()
+            .and_then(|c| c.proxy_jump.as_deref());
+        let route = jump::route(
+            &self.options,
+            self.key.as_ref(),
+            &target.params,
+            config_jump,
+        )?;
+        let Some(hop) = route else {
+            return Ok(None);
+        };
+        match self.tunnel.take() {
+            Some(tunnel) if tunnel.is_alive() && tunnel.serves(&hop) => Ok(Some(tunnel)),
+            _ => {
+                let tunnel = jump::reach(self.link.as_ref(), hop, Self::endpoint).await?;
+                Ok(Some(Arc::new(tunnel)))
+            }
         }
     }
 
@@ -68,6 +132,7 @@ impl SshConnection {
 
     async fn disconnect(&mut self) {
         self.liveness.closed();
+        self.cascade = None;
         self.cli = None;
         if let Some(session) = self.session.take() {
             let _ = session
@@ -85,6 +150,14 @@ impl Connection for SshConnection {
                 .session
                 .as_ref()
                 .is_some_and(|session| !session.is_closed())
+            && self.tunnel.as_ref().is_none_or(|tunnel| tunnel.is_alive())
+    }
+
+    /// Opens the jump host, if the host has one, before the open takes an open slot.
+    async fn prepare(&mut self, params: &ResolvedConnectionParams) -> Result<(), OpenError> {
+        let target = Target::resolve(&self.options, params)?;
+        self.tunnel = self.tunnel_for(&target).await?;
+        Ok(())
     }
 
     fn set_loss_notifier(&mut self, notifier: LossNotifier) {
@@ -109,14 +182,8 @@ impl Connection for SshConnection {
             .map_err(|reason| OpenError::new(FailureKind::HostKey, reason))?;
         let mut preferred = algorithms.preferred();
         host_keys::order_host_keys(&mut preferred, known_hosts.as_ref(), host, port);
-
-        let addrs: Vec<_> = tokio::net::lookup_host((host, port))
-            .await
-            .map_err(|e| classify_lookup(&e, host))?
-            .collect();
+        let tunnel = self.tunnel_for(&target).await?;
         let budget = Budget::start(target.connect_timeout);
-        let stream = handshake::tcp_connect(&addrs, host, port, &budget).await?;
-        let _ = stream.set_nodelay(true);
 
         let liveness = Arc::new(Liveness::new(self.notifier.clone()));
         let handler = ClientHandler {
@@ -134,20 +201,47 @@ impl Connection for SshConnection {
             preferred,
             ..client::Config::default()
         });
-        let mut session = handshake::handshake(config, stream, handler, &address, &budget).await?;
+        let mut session = match &tunnel {
+            Some(tunnel) => {
+                let stream = tunnel.channel_to(host, port).await?;
+                handshake::handshake(config, stream, handler, &address, &budget)
+                    .await
+                    .map_err(|error| {
+                        OpenError::new(
+                            error.kind(),
+                            format!("{} (through {})", error.message(), tunnel.describe()),
+                        )
+                    })?
+            }
+            None => {
+                let addrs: Vec<_> = tokio::net::lookup_host((host, port))
+                    .await
+                    .map_err(|e| classify_lookup(&e, host))?
+                    .collect();
+                let stream = handshake::tcp_connect(&addrs, host, port, &budget).await?;
+                let _ = stream.set_nodelay(true);
+                handshake::handshake(config, stream, handler, &address, &budget).await?
+            }
+        };
         credentials.authenticate(&mut session, &address).await?;
         let session = Arc::new(session);
         self.cli =
             CliSession::open(&self.options.platforms, &target.params, &session, &liveness).await?;
         info!(%host, port, user = %credentials.username, cli = self.cli.is_some(), "ssh session open");
         self.session = Some(session);
+        self.cascade = tunnel.as_ref().map(|tunnel| {
+            let liveness = liveness.clone();
+            tunnel.cascade(move |reason| liveness.lost(reason))
+        });
         self.liveness = liveness;
         self.address = address.into();
+        self.tunnel = tunnel;
         Ok(())
     }
 
     async fn close(&mut self) {
         self.disconnect().await;
+        self.tunnel = None;
     }
 
     async fn execute_command(&mut self, command: &str) -> Result<String, CommandError> {
@@ -171,6 +265,7 @@ impl Connection for SshConnection {
             session: self.session.clone()?,
             liveness: self.liveness.clone(),
             address: self.address.clone(),
+            tunnel: self.tunnel.clone(),
         };
         Some((Arc::new(runner), self.options.max_channels))
     }
@@ -181,6 +276,7 @@ struct SshRunner {
     session: Arc<Session>,
     liveness: Arc<Liveness>,
     address: Arc<str>,
+    tunnel: Option<Arc<Tunnel>>,
 }
 
 #[async_trait]
@@ -190,7 +286,9 @@ impl CommandRunner for SshRunner {
     }
 
     fn is_alive(&self) -> bool {
-        self.liveness.is_alive() && !self.session.is_closed()
+        self.liveness.is_alive()
+            && !self.session.is_closed()
+            && self.tunnel.as_ref().is_none_or(|tunnel| tunnel.is_alive())
     }
 }
 

@@ -16,7 +16,9 @@
 //! refused ([`SshTestServer::set_refuse_channels`],
 //! [`SshTestServerConfig::max_channels`]). It counts what a client leaves behind: open channels
 //! ([`SshTestServer::open_channel_count`]) and running commands
-//! ([`SshTestServer::running_command_count`]).
+//! ([`SshTestServer::running_command_count`]). It also serves as a bastion: direct-tcpip
+//! channels are connected to the address asked for and counted
+//! ([`SshTestServer::forwarded_connections`]; `ssh_server/forward.rs`).
 //!
 //! Every background task belongs to the [`SshTestServer`] value: dropping it (or calling
 //! [`SshTestServer::stop`]) closes the listener and every connection.
@@ -52,6 +54,7 @@ mod algorithms;
 mod auth;
 mod channels;
 mod cli;
+mod forward;
 
 pub use algorithms::{ServerAlgorithms, generate_host_key};
 pub use auth::{AuthMethod, PASSWORD_PROMPT, sign_user_certificate};
@@ -306,6 +309,7 @@ impl SshTestServer {
             signals: AtomicU64::new(0),
             channels_opened: AtomicU64::new(0),
             sessions: Mutex::new(HashMap::new()),
+            forwarding: Arc::default(),
             session_ended: Notify::new(),
             next_session_id: AtomicU64::new(0),
             cli: config
@@ -579,6 +583,8 @@ struct Shared {
     /// A duplicate of each live connection's socket, by session id, so the server can kill
     /// connections that russh owns.
     sessions: Mutex<HashMap<u64, std::net::TcpStream>>,
+    /// Direct-tcpip channels: the server as a bastion.
+    forwarding: Arc<forward::Forwarding>,
     /// Signalled whenever a session leaves `sessions`.
     session_ended: Notify,
     next_session_id: AtomicU64,
@@ -813,6 +819,28 @@ impl server::Handler for SessionHandler {
                 reply.accept().await;
             });
         }
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let forwarding = &self.shared.forwarding;
+        forward::open(
+            forwarding,
+            &mut self.commands,
+            channel,
+            host_to_connect,
+            port_to_connect,
+            reply,
+        );
         Ok(())
     }
 

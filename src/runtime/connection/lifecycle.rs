@@ -7,7 +7,9 @@ use std::time::Duration;
 use ractor::ActorProcessingErr;
 use tracing::{debug, warn};
 
-use crate::connection::{ConnectionKey, FailureKind, LossNotifier, ResolvedConnectionParams};
+use crate::connection::{
+    ConnectionKey, FailureKind, LossNotifier, OpenError, ResolvedConnectionParams,
+};
 use crate::deadline::Deadline;
 use crate::error::{Error, Operation, Stage};
 use crate::events::CloseReason;
@@ -176,6 +178,23 @@ impl ConnectionActorState {
             }));
         let bound = timeout.unwrap_or(self.policy.timeouts.open);
         let started = tokio::time::Instant::now();
+        // Before the slot: a plugin that waits here for another connection (a jump host) holds
+        // no slot that the other connection could need for its own open.
+        match guarded(bound, self.connection.prepare(&params)).await {
+            Outcome::Done(Ok(())) => {}
+            Outcome::Done(Err(source)) => return self.open_error(source),
+            Outcome::TimedOut(after) => {
+                let failure = FailureInfo::new(
+                    FailureKind::Timeout,
+                    format!("getting ready to open (prepare) timed out after {after:?}"),
+                );
+                return OpenAttempt::Failed(self.timed_out(Operation::Open, bound), failure);
+            }
+            Outcome::Panicked(message) => {
+                return OpenAttempt::Panicked(self.panicked(Operation::Open, message));
+            }
+        }
+        let bound_left = bound.saturating_sub(started.elapsed());
         // Keys of other plugins (or of this one) can point at the same server: the handshake
         // limit is per target address, whatever the key.
         let address = format!(
@@ -187,7 +206,7 @@ impl ConnectionActorState {
         );
         let slots = self.open_slots.clone();
         let waited = slots.acquire(purpose, &address);
-        let permit = match tokio::time::timeout(bound, waited).await {
+        let permit = match tokio::time::timeout(bound_left, waited).await {
             Ok(permit) => permit,
             Err(_) => {
                 self.counters.count(Count::OpenSlotTimeout);
@@ -216,17 +235,7 @@ impl ConnectionActorState {
                 self.counters.metrics.open_duration.record(took);
                 OpenAttempt::Opened
             }
-            Outcome::Done(Err(source)) => {
-                let failure = FailureInfo {
-                    kind: source.kind(),
-                    message: source.message().to_owned(),
-                };
-                let error = Error::Open {
-                    key: ConnectionKey::clone(&self.key),
-                    source,
-                };
-                OpenAttempt::Failed(error, failure)
-            }
+            Outcome::Done(Err(source)) => self.open_error(source),
             Outcome::TimedOut(after) => {
                 let failure = FailureInfo {
                     kind: FailureKind::Timeout,
@@ -239,6 +248,19 @@ impl ConnectionActorState {
                 OpenAttempt::Panicked(self.panicked(Operation::Open, message))
             }
         }
+    }
+
+    /// A failed attempt with the plugin's own error.
+    fn open_error(&self, source: OpenError) -> OpenAttempt {
+        let failure = FailureInfo {
+            kind: source.kind(),
+            message: source.message().to_owned(),
+        };
+        let error = Error::Open {
+            key: ConnectionKey::clone(&self.key),
+            source,
+        };
+        OpenAttempt::Failed(error, failure)
     }
 
     /// The plugin's concurrent runner as a direct route, if it has one; asked on every entry
