@@ -226,6 +226,8 @@ impl Lab {
             })
             .await
             .map_err(|e| format!("starting embedded device {name}: {e}"))?;
+            // Every field is set today; the update keeps this compiling when the params gain one.
+            #[allow(clippy::needless_update)]
             targets.push(Target {
                 key: ConnectionKey::new(name, PLUGIN_NAME),
                 params: ResolvedConnectionParams {
@@ -399,10 +401,12 @@ async fn run_command(
                 };
                 return Some((record, failed_tries));
             }
-            // A command that ran and failed fails the same way again: no retry.
+            // A command that ran and failed fails the same way again: no retry. `Other` is
+            // also what a CLI session says of a command the device rejected, or one whose
+            // prompt did not come back (running it again would wait as long again).
             Err(
                 error @ Error::Command {
-                    source: CommandError::ExitStatus { .. },
+                    source: CommandError::ExitStatus { .. } | CommandError::Other(_),
                     ..
                 },
             ) => {
