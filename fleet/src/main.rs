@@ -38,25 +38,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use connection_supervisor::ssh::cli::{SECRET_EXTRA, SessionKind};
+use connection_supervisor::ssh::cli::SessionKind;
 use connection_supervisor::ssh::{self, HostKeyPolicy, PLUGIN_NAME, Platforms, SshOptions};
-use connection_supervisor::testing::{
-    CliDevice, CliPlatform, DEFAULT_PASSWORD, DEFAULT_SECRET, DEFAULT_USERNAME, SshTestServer,
-    SshTestServerConfig, write_known_hosts,
-};
 use connection_supervisor::{
     Backoff, CommandError, ConnectionCounters, ConnectionHandle, ConnectionKey, ConnectionManager,
-    ConnectionPolicy, ConnectionState, Error, EventKind, EventStream, Extras,
-    ResolvedConnectionParams, SupervisorConfig, Timeouts,
+    ConnectionPolicy, ConnectionState, Error, EventKind, EventStream, SupervisorConfig, Timeouts,
 };
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::{Semaphore, mpsc};
 
 mod inventory;
+mod lab;
 mod results;
 
 use inventory::{Target, load_inventory};
+use lab::{Lab, LabPlatform};
 use results::Record;
 
 /// Tries per command: the first, plus retries after the session died under it.
@@ -64,7 +61,7 @@ const TRIES: u32 = 4;
 /// What an open is given beyond the connect timeout, for authentication.
 const AUTH_ALLOWANCE: Duration = Duration::from_secs(20);
 /// How long the chaos keeps devices down.
-const OUTAGE: Duration = Duration::from_millis(1500);
+pub(crate) const OUTAGE: Duration = Duration::from_millis(1500);
 
 #[derive(Parser, Debug)]
 #[command(about = "Run commands on a fleet of SSH devices through the connection supervisor")]
@@ -129,36 +126,6 @@ struct Cli {
     metrics: Option<std::net::SocketAddr>,
 }
 
-/// The platforms the embedded devices can imitate, by their profile names.
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-enum LabPlatform {
-    #[value(name = "cisco_ios")]
-    CiscoIos,
-    #[value(name = "cisco_nxos")]
-    CiscoNxos,
-    #[value(name = "cisco_xr")]
-    CiscoXr,
-    #[value(name = "arista_eos")]
-    AristaEos,
-    #[value(name = "juniper_junos")]
-    JuniperJunos,
-    #[value(name = "linux_shell")]
-    LinuxShell,
-}
-
-impl LabPlatform {
-    fn device(self) -> CliPlatform {
-        match self {
-            Self::CiscoIos => CliPlatform::CiscoIos,
-            Self::CiscoNxos => CliPlatform::CiscoNxos,
-            Self::CiscoXr => CliPlatform::CiscoXr,
-            Self::AristaEos => CliPlatform::AristaEos,
-            Self::JuniperJunos => CliPlatform::JuniperJunos,
-            Self::LinuxShell => CliPlatform::LinuxShell,
-        }
-    }
-}
-
 /// Whether the plugin runs `target`'s commands in a shell session, one at a time.
 fn is_cli(target: &Target) -> bool {
     target.params.platform.as_deref().is_some_and(|name| {
@@ -199,98 +166,6 @@ fn positive_seconds(text: &str) -> Result<f64, String> {
 
 // ---------------------------------------------------------------------------------------------
 // The fleet
-
-/// Embedded devices and the known_hosts file that trusts exactly their keys.
-struct Lab {
-    devices: Vec<SshTestServer>,
-    dir: PathBuf,
-}
-
-impl Lab {
-    async fn start(
-        hosts: u32,
-        latency: Duration,
-        platform: Option<LabPlatform>,
-    ) -> Result<(Self, Vec<Target>), String> {
-        let dir = std::env::temp_dir().join(format!("cs-fleet-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let mut devices = Vec::with_capacity(hosts as usize);
-        let mut targets = Vec::with_capacity(hosts as usize);
-        for index in 0..hosts {
-            let name = format!("device-{index:03}");
-            let device = SshTestServer::start(SshTestServerConfig {
-                hostname: name.clone(),
-                latency,
-                cli: platform.map(|p| CliDevice::new(p.device())),
-                ..SshTestServerConfig::default()
-            })
-            .await
-            .map_err(|e| format!("starting embedded device {name}: {e}"))?;
-            // Every field is set today; the update keeps this compiling when the params gain one.
-            #[allow(clippy::needless_update)]
-            targets.push(Target {
-                key: ConnectionKey::new(name, PLUGIN_NAME),
-                params: ResolvedConnectionParams {
-                    hostname: "127.0.0.1".into(),
-                    port: Some(device.port()),
-                    username: Some(DEFAULT_USERNAME.into()),
-                    password: Some(DEFAULT_PASSWORD.into()),
-                    platform: platform.map(|p| p.device().profile_name().to_owned()),
-                    extras: platform.map(|_| {
-                        let mut extras = Extras::new();
-                        extras.insert(SECRET_EXTRA.to_owned(), DEFAULT_SECRET.into());
-                        extras
-                    }),
-                    ..ResolvedConnectionParams::default()
-                },
-            });
-            devices.push(device);
-        }
-        let lab = Self { devices, dir };
-        write_known_hosts(&lab.known_hosts(), &lab.devices)
-            .map_err(|e| format!("{}: {e}", lab.known_hosts().display()))?;
-        Ok((lab, targets))
-    }
-
-    fn known_hosts(&self) -> PathBuf {
-        self.dir.join("known_hosts")
-    }
-
-    /// Takes every tenth device (at least two) down with its sessions, keeps it down for
-    /// [`OUTAGE`], and brings it back on the same port with the same host key.
-    async fn chaos(&self, say: impl Fn(String)) -> Result<(), String> {
-        let victims: Vec<usize> = {
-            let count = (self.devices.len() / 10).max(2).min(self.devices.len());
-            let step = self.devices.len() / count;
-            (0..count).map(|i| i * step).collect()
-        };
-        let names = victims
-            .iter()
-            .map(|&i| format!("device-{i:03}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        say(format!(
-            "chaos: taking {} devices down for {OUTAGE:?}: {names}",
-            victims.len()
-        ));
-        futures::future::join_all(victims.iter().map(|&i| self.devices[i].stop())).await;
-        tokio::time::sleep(OUTAGE).await;
-        say("chaos: bringing them back".to_owned());
-        for &i in &victims {
-            self.devices[i]
-                .restart()
-                .await
-                .map_err(|e| format!("restarting device-{i:03}: {e}"))?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// What one device did.
 #[derive(Default)]
