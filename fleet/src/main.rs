@@ -7,6 +7,7 @@
 //! cargo run --release -p fleet -- --hosts 200 --concurrency 64
 //! cargo run --release -p fleet -- --no-chaos --commands "show version,hostname"
 //! cargo run --release -p fleet -- --inventory fleet/inventory.sample.toml
+//! cargo run --release -p fleet -- --platform cisco_ios --show --output results.jsonl
 //! cargo install --locked --path fleet               # then: fleet --help
 //! ```
 //!
@@ -14,10 +15,15 @@
 //! (`connection_supervisor::testing::SshTestServer`) on loopback, each with its own host key,
 //! writes their keys to a temporary known_hosts file and checks them strictly. Every device runs
 //! `--commands` for `--rounds` rounds, at most `--concurrency` commands in flight across the
-//! fleet. Half-way through, a tenth of the devices (at least two) go down with their sessions
+//! fleet, and at most `--per-host` on one device. With `--platform` the devices imitate that
+//! platform's command line (prompt, pager, `enable` behind the lab's secret), and the commands
+//! run in one CLI session per device, one at a time. Half-way through, a tenth of the devices (at least two) go down with their sessions
 //! and come back on the same port a moment later: the live lines show the losses, the backoff
 //! and the reconnects the supervisor does on its own. A command that fails because its session
 //! died under it is tried again (it then waits, bounded, for the reconnect).
+//!
+//! `--output FILE` writes one JSON object per command result (JSON Lines), `--show` prints the
+//! outputs grouped by host, as Nornir's `print_result` does.
 //!
 //! The exit code is 0 only when every device ends up open and every command succeeded in the
 //! end; 1 otherwise; 2 when the job could not run at all (bad flags, a bad inventory file, a
@@ -32,28 +38,30 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use connection_supervisor::ssh::{self, HostKeyPolicy, PLUGIN_NAME, SshOptions};
-use connection_supervisor::testing::{
-    DEFAULT_PASSWORD, DEFAULT_USERNAME, SshTestServer, SshTestServerConfig, write_known_hosts,
-};
+use connection_supervisor::ssh::cli::SessionKind;
+use connection_supervisor::ssh::{self, HostKeyPolicy, PLUGIN_NAME, Platforms, SshOptions};
 use connection_supervisor::{
     Backoff, CommandError, ConnectionCounters, ConnectionHandle, ConnectionKey, ConnectionManager,
-    ConnectionPolicy, ConnectionState, Error, EventKind, EventStream, ResolvedConnectionParams,
-    SupervisorConfig, Timeouts,
+    ConnectionPolicy, ConnectionState, Error, EventKind, EventStream, SupervisorConfig, Timeouts,
 };
+use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::{Semaphore, mpsc};
 
 mod inventory;
+mod lab;
+mod results;
 
 use inventory::{Target, load_inventory};
+use lab::{Lab, LabPlatform};
+use results::Record;
 
 /// Tries per command: the first, plus retries after the session died under it.
 const TRIES: u32 = 4;
 /// What an open is given beyond the connect timeout, for authentication.
 const AUTH_ALLOWANCE: Duration = Duration::from_secs(20);
 /// How long the chaos keeps devices down.
-const OUTAGE: Duration = Duration::from_millis(1500);
+pub(crate) const OUTAGE: Duration = Duration::from_millis(1500);
 
 #[derive(Parser, Debug)]
 #[command(about = "Run commands on a fleet of SSH devices through the connection supervisor")]
@@ -61,13 +69,27 @@ struct Cli {
     /// Embedded devices to start (ignored with --inventory).
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=2000))]
     hosts: u32,
-    /// Commands to run on every device, comma-separated.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "show version,hostname,echo fleet-check"
-    )]
-    commands: Vec<String>,
+    /// Commands to run on every device, comma-separated [default: show version,hostname,echo
+    /// fleet-check; with --platform: show version,show privilege,echo fleet-check].
+    #[arg(long, value_delimiter = ',')]
+    commands: Option<Vec<String>>,
+    /// Make the embedded devices imitate this platform's command line (with the lab's enable
+    /// secret), and run the commands in a CLI session with that platform profile (not with
+    /// --inventory: set `platform` there). --latency-ms does not apply to CLI sessions.
+    #[arg(long, value_enum, value_name = "NAME")]
+    platform: Option<LabPlatform>,
+    /// Commands in flight at once on one device (exec channels, further bounded by the SSH
+    /// plugin's 8 channels per connection). A CLI session (a `platform` with a shell profile)
+    /// runs its commands one at a time whatever this says.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    per_host: u32,
+    /// Write one JSON object per command result to FILE (JSON Lines): host, command, ok,
+    /// output, error, duration_ms.
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Print every device's outputs grouped by device, as Nornir's print_result does.
+    #[arg(long)]
+    show: bool,
     /// Times each device runs the whole command list.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     rounds: u32,
@@ -104,6 +126,15 @@ struct Cli {
     metrics: Option<std::net::SocketAddr>,
 }
 
+/// Whether the plugin runs `target`'s commands in a shell session, one at a time.
+fn is_cli(target: &Target) -> bool {
+    target.params.platform.as_deref().is_some_and(|name| {
+        Platforms::builtin()
+            .get(name)
+            .is_some_and(|profile| profile.session == SessionKind::Shell)
+    })
+}
+
 /// The open timeout: the default 30 s, or longer when a connect timeout leaves less than
 /// [`AUTH_ALLOWANCE`] of it for authentication, so the stage's own message is what a user sees.
 fn open_timeout(cli_connect_timeout: f64, targets: &[Arc<Target>]) -> Duration {
@@ -136,85 +167,6 @@ fn positive_seconds(text: &str) -> Result<f64, String> {
 // ---------------------------------------------------------------------------------------------
 // The fleet
 
-/// Embedded devices and the known_hosts file that trusts exactly their keys.
-struct Lab {
-    devices: Vec<SshTestServer>,
-    dir: PathBuf,
-}
-
-impl Lab {
-    async fn start(hosts: u32, latency: Duration) -> Result<(Self, Vec<Target>), String> {
-        let dir = std::env::temp_dir().join(format!("cs-fleet-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let mut devices = Vec::with_capacity(hosts as usize);
-        let mut targets = Vec::with_capacity(hosts as usize);
-        for index in 0..hosts {
-            let name = format!("device-{index:03}");
-            let device = SshTestServer::start(SshTestServerConfig {
-                hostname: name.clone(),
-                latency,
-                ..SshTestServerConfig::default()
-            })
-            .await
-            .map_err(|e| format!("starting embedded device {name}: {e}"))?;
-            targets.push(Target {
-                key: ConnectionKey::new(name, PLUGIN_NAME),
-                params: ResolvedConnectionParams {
-                    hostname: "127.0.0.1".into(),
-                    port: Some(device.port()),
-                    username: Some(DEFAULT_USERNAME.into()),
-                    password: Some(DEFAULT_PASSWORD.into()),
-                    ..ResolvedConnectionParams::default()
-                },
-            });
-            devices.push(device);
-        }
-        let lab = Self { devices, dir };
-        write_known_hosts(&lab.known_hosts(), &lab.devices)
-            .map_err(|e| format!("{}: {e}", lab.known_hosts().display()))?;
-        Ok((lab, targets))
-    }
-
-    fn known_hosts(&self) -> PathBuf {
-        self.dir.join("known_hosts")
-    }
-
-    /// Takes every tenth device (at least two) down with its sessions, keeps it down for
-    /// [`OUTAGE`], and brings it back on the same port with the same host key.
-    async fn chaos(&self, say: impl Fn(String)) -> Result<(), String> {
-        let victims: Vec<usize> = {
-            let count = (self.devices.len() / 10).max(2).min(self.devices.len());
-            let step = self.devices.len() / count;
-            (0..count).map(|i| i * step).collect()
-        };
-        let names = victims
-            .iter()
-            .map(|&i| format!("device-{i:03}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        say(format!(
-            "chaos: taking {} devices down for {OUTAGE:?}: {names}",
-            victims.len()
-        ));
-        futures::future::join_all(victims.iter().map(|&i| self.devices[i].stop())).await;
-        tokio::time::sleep(OUTAGE).await;
-        say("chaos: bringing them back".to_owned());
-        for &i in &victims {
-            self.devices[i]
-                .restart()
-                .await
-                .map_err(|e| format!("restarting device-{i:03}: {e}"))?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// What one device did.
 #[derive(Default)]
 struct Tally {
@@ -224,72 +176,133 @@ struct Tally {
     last_error: Option<String>,
     latencies: Vec<Duration>,
     open_error: Option<String>,
+    /// Every command's result, in the order of the command list.
+    records: Vec<Record>,
 }
 
-/// Runs every round of `commands` on one host, one command at a time, each holding a permit of
-/// the fleet-wide `limit` while in flight.
+/// How a host's work is run.
+#[derive(Clone)]
+struct Job {
+    commands: Arc<[String]>,
+    rounds: u32,
+    /// Commands in flight at once on one host.
+    per_host: usize,
+    /// Keep the outputs, for `--output` and `--show`.
+    keep_output: bool,
+}
+
+/// Runs every round of `commands` on one host, up to `per_host` at once (one at a time on a
+/// CLI session), each holding a permit of the fleet-wide `limit` while in flight.
 async fn work_on(
     manager: ConnectionManager,
     target: Arc<Target>,
-    commands: Arc<[String]>,
-    rounds: u32,
+    job: Job,
     limit: Arc<Semaphore>,
     done: mpsc::UnboundedSender<()>,
 ) -> Tally {
     let mut tally = Tally::default();
-    let total = commands.len() as u32 * rounds;
+    let list: Vec<String> = (0..job.rounds)
+        .flat_map(|_| job.commands.iter().cloned())
+        .collect();
     let handle = match open(&manager, &target).await {
         Ok(handle) => handle,
         Err(error) => {
-            tally.open_error = Some(error.to_string());
-            tally.gave_up = total;
-            for _ in 0..total {
+            let error = error.to_string();
+            for command in list {
+                tally.gave_up += 1;
+                tally.records.push(Record {
+                    command,
+                    output: None,
+                    error: Some(format!("open failed: {error}")),
+                    duration: Duration::ZERO,
+                });
                 let _ = done.send(());
             }
+            tally.open_error = Some(error);
             return tally;
         }
     };
-    for _ in 0..rounds {
-        for command in commands.iter() {
-            let Ok(_permit) = limit.acquire().await else {
-                return tally;
-            };
-            let mut succeeded = false;
-            for _ in 0..TRIES {
-                let started = Instant::now();
-                match handle.execute_command(command).await {
-                    Ok(_) => {
-                        tally.latencies.push(started.elapsed());
-                        succeeded = true;
-                        break;
-                    }
-                    // A command that ran and failed fails the same way again: no retry.
-                    Err(
-                        error @ Error::Command {
-                            source: CommandError::ExitStatus { .. },
-                            ..
-                        },
-                    ) => {
-                        tally.last_error = Some(format!("`{command}`: {error}"));
-                        break;
-                    }
-                    // The session died under it, or the reconnect is not done yet: the next try
-                    // waits for the reconnect (bounded by the request timeout).
-                    Err(error) => {
-                        tally.failed_tries += 1;
-                        tally.last_error = Some(format!("`{command}`: {error}"));
-                    }
-                }
-            }
-            if succeeded {
+    // A shell session queues what it is given: more in flight would only count the queueing
+    // in each command's duration.
+    let per_host = if is_cli(&target) { 1 } else { job.per_host };
+    let keep_output = job.keep_output;
+    let mut results = futures::stream::iter(list)
+        .map(|command| {
+            let (handle, limit) = (handle.clone(), limit.clone());
+            async move { run_command(&handle, command, &limit, keep_output).await }
+        })
+        .buffered(per_host);
+    while let Some(outcome) = results.next().await {
+        let Some((record, failed_tries)) = outcome else {
+            return tally;
+        };
+        tally.failed_tries += failed_tries;
+        match &record.error {
+            None => {
                 tally.ok += 1;
-            } else {
-                tally.gave_up += 1;
+                tally.latencies.push(record.duration);
             }
-            let _ = done.send(());
+            Some(error) => {
+                tally.gave_up += 1;
+                tally.last_error = Some(format!("`{}`: {error}", record.command));
+            }
         }
+        tally.records.push(record);
+        let _ = done.send(());
     }
     tally
+}
+
+/// Runs one command, trying again while its session died under it; the record and the
+/// number of failed tries, or `None` when the fleet-wide limit is gone.
+async fn run_command(
+    handle: &ConnectionHandle,
+    command: String,
+    limit: &Semaphore,
+    keep_output: bool,
+) -> Option<(Record, u32)> {
+    let _permit = limit.acquire().await.ok()?;
+    let started = Instant::now();
+    let mut failed_tries = 0;
+    let mut last_error = None;
+    for _ in 0..TRIES {
+        match handle.execute_command(&command).await {
+            Ok(output) => {
+                let record = Record {
+                    command,
+                    output: keep_output.then_some(output),
+                    error: None,
+                    duration: started.elapsed(),
+                };
+                return Some((record, failed_tries));
+            }
+            // A command that ran and failed fails the same way again: no retry. `Other` is
+            // also what a CLI session says of a command the device rejected, or one whose
+            // prompt did not come back (running it again would wait as long again).
+            Err(
+                error @ Error::Command {
+                    source: CommandError::ExitStatus { .. } | CommandError::Other(_),
+                    ..
+                },
+            ) => {
+                last_error = Some(error.to_string());
+                break;
+            }
+            // The session died under it, or the reconnect is not done yet: the next try
+            // waits for the reconnect (bounded by the request timeout).
+            Err(error) => {
+                failed_tries += 1;
+                last_error = Some(error.to_string());
+            }
+        }
+    }
+    let record = Record {
+        command,
+        output: None,
+        error: Some(last_error.unwrap_or_else(|| "not run".to_owned())),
+        duration: started.elapsed(),
+    };
+    Some((record, failed_tries))
 }
 
 async fn open(manager: &ConnectionManager, target: &Target) -> Result<ConnectionHandle, Error> {
@@ -411,8 +424,20 @@ fn print_report(
 }
 
 async fn run(cli: Cli) -> Result<bool, String> {
-    let commands: Arc<[String]> = cli
+    if cli.platform.is_some() && cli.inventory.is_some() {
+        return Err(
+            "--platform is for the embedded devices: with --inventory, set `platform` there".into(),
+        );
+    }
+    let default_commands = match cli.platform {
+        Some(_) => "show version,show privilege,echo fleet-check",
+        None => "show version,hostname,echo fleet-check",
+    };
+    let given = cli
         .commands
+        .clone()
+        .unwrap_or_else(|| default_commands.split(',').map(str::to_owned).collect());
+    let commands: Arc<[String]> = given
         .iter()
         .map(|c| c.trim().to_owned())
         .filter(|c| !c.is_empty())
@@ -440,8 +465,12 @@ async fn run(cli: Cli) -> Result<bool, String> {
             }
         }
         None => {
-            let (lab, targets) =
-                Lab::start(cli.hosts, Duration::from_millis(cli.latency_ms)).await?;
+            let (lab, targets) = Lab::start(
+                cli.hosts,
+                Duration::from_millis(cli.latency_ms),
+                cli.platform,
+            )
+            .await?;
             let host_keys = HostKeyPolicy::Strict(lab.known_hosts());
             // The lab's devices are ours: no ssh config of the user's applies to them.
             (Some(lab), targets, host_keys, None)
@@ -513,6 +542,12 @@ async fn run(cli: Cli) -> Result<bool, String> {
     let watcher = tokio::spawn(watch(events, bar.clone(), start));
 
     let limit = Arc::new(Semaphore::new(cli.concurrency as usize));
+    let job = Job {
+        commands: commands.clone(),
+        rounds: cli.rounds,
+        per_host: cli.per_host as usize,
+        keep_output: cli.output.is_some() || cli.show,
+    };
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let workers: Vec<_> = targets
         .iter()
@@ -520,8 +555,7 @@ async fn run(cli: Cli) -> Result<bool, String> {
             tokio::spawn(work_on(
                 manager.clone(),
                 target.clone(),
-                commands.clone(),
-                cli.rounds,
+                job.clone(),
                 limit.clone(),
                 done_tx.clone(),
             ))
@@ -595,6 +629,19 @@ async fn run(cli: Cli) -> Result<bool, String> {
     let reconnects = watcher
         .await
         .map_err(|e| format!("the event watcher failed: {e}"))?;
+    let by_host = || {
+        targets
+            .iter()
+            .zip(&tallies)
+            .map(|(target, tally)| (target.key.hostname.as_str(), tally.records.as_slice()))
+    };
+    if cli.show {
+        println!();
+        results::show(by_host());
+    }
+    if let Some(path) = &cli.output {
+        results::write_json_lines(path, by_host())?;
+    }
     print_report(&targets, &mut tallies, &states, &reconnects, counters);
 
     let all_open = states.iter().all(|s| *s == ConnectionState::Open);

@@ -235,3 +235,35 @@ fn the_ssh_config_supplies_user_and_port_and_must_parse() {
         &["/nonexistent/ssh_config"],
     );
 }
+
+#[test]
+fn platform_and_secret_reach_the_params_and_the_extras() {
+    let scratch = Scratch::new();
+    let inventory = format!(
+        "{DEFAULTS}platform = \"cisco_ios\"\nsecret = \"from-defaults\"\n\n\
+         [[hosts]]\nname = \"r1\"\nhost = \"10.0.0.1\"\n\n\
+         [[hosts]]\nname = \"r2\"\nhost = \"10.0.0.2\"\nplatform = \"junos\"\nsecret = \"own\"\n"
+    );
+    let loaded = scratch.load(&inventory).expect("a valid inventory");
+    let (r1, r2) = (&loaded.targets[0].params, &loaded.targets[1].params);
+    assert_eq!(r1.platform.as_deref(), Some("cisco_ios"));
+    assert_eq!(
+        extras_of(&loaded, 0)["secret"],
+        serde_json::json!("from-defaults")
+    );
+    // A NAPALM alias is a name the plugin knows.
+    assert_eq!(r2.platform.as_deref(), Some("junos"));
+    assert_eq!(extras_of(&loaded, 1)["secret"], serde_json::json!("own"));
+
+    let error = scratch
+        .load(&format!(
+            "{DEFAULTS}\n[[hosts]]\nname = \"r1\"\nhost = \"10.0.0.1\"\nplatform = \"ciscoios\"\n"
+        ))
+        .err()
+        .expect("an unknown platform is refused");
+    assert!(
+        error.contains("host \"r1\" (entry 1): `platform` \"ciscoios\" is not a platform profile")
+            && error.contains("cisco_ios"),
+        "{error}"
+    );
+}
