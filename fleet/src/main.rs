@@ -41,8 +41,8 @@ use clap::Parser;
 use connection_supervisor::ssh::cli::SessionKind;
 use connection_supervisor::ssh::{self, HostKeyPolicy, PLUGIN_NAME, Platforms, SshOptions};
 use connection_supervisor::{
-    Backoff, CommandError, ConnectionCounters, ConnectionHandle, ConnectionKey, ConnectionManager,
-    ConnectionPolicy, ConnectionState, Error, EventKind, EventStream, SupervisorConfig, Timeouts,
+    Backoff, CommandError, ConnectionHandle, ConnectionKey, ConnectionManager, ConnectionPolicy,
+    ConnectionState, Error, EventKind, EventStream, SupervisorConfig, Timeouts,
 };
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -54,7 +54,7 @@ mod results;
 
 use inventory::{Target, load_inventory};
 use lab::{Lab, LabPlatform};
-use results::Record;
+use results::{Record, Tally, print_report};
 
 /// Tries per command: the first, plus retries after the session died under it.
 const TRIES: u32 = 4;
@@ -166,19 +166,6 @@ fn positive_seconds(text: &str) -> Result<f64, String> {
 
 // ---------------------------------------------------------------------------------------------
 // The fleet
-
-/// What one device did.
-#[derive(Default)]
-struct Tally {
-    ok: u32,
-    failed_tries: u32,
-    gave_up: u32,
-    last_error: Option<String>,
-    latencies: Vec<Duration>,
-    open_error: Option<String>,
-    /// Every command's result, in the order of the command list.
-    records: Vec<Record>,
-}
 
 /// How a host's work is run.
 #[derive(Clone)]
@@ -346,81 +333,6 @@ async fn watch(
         bar.suspend(|| println!("{line}"));
     }
     reconnects
-}
-
-fn percentile(latencies: &mut [Duration], p: f64) -> Option<Duration> {
-    if latencies.is_empty() {
-        return None;
-    }
-    latencies.sort_unstable();
-    let index = ((latencies.len() - 1) as f64 * p).round() as usize;
-    Some(latencies[index])
-}
-
-fn print_report(
-    targets: &[Arc<Target>],
-    tallies: &mut [Tally],
-    states: &[ConnectionState],
-    reconnects: &HashMap<ConnectionKey, u32>,
-    counters: Option<ConnectionCounters>,
-) {
-    println!();
-    println!(
-        "{:<14} {:<10} {:>6} {:>7} {:>8} {:>11} {:>9}",
-        "device", "state", "ok", "failed", "retried", "reconnects", "p50 ms"
-    );
-    for ((target, tally), state) in targets.iter().zip(tallies.iter_mut()).zip(states) {
-        let p50 = percentile(&mut tally.latencies, 0.5)
-            .map(|d| format!("{:.1}", d.as_secs_f64() * 1e3))
-            .unwrap_or_else(|| "-".into());
-        println!(
-            "{:<14} {:<10} {:>6} {:>7} {:>8} {:>11} {:>9}",
-            target.key.hostname,
-            format!("{state:?}"),
-            tally.ok,
-            tally.gave_up,
-            tally.failed_tries,
-            reconnects.get(&target.key).copied().unwrap_or(0),
-            p50
-        );
-        if let Some(error) = &tally.open_error {
-            println!("    open failed: {error}");
-        } else if tally.gave_up > 0
-            && let Some(error) = &tally.last_error
-        {
-            println!("    last failure: {error}");
-        }
-    }
-    let mut all: Vec<Duration> = tallies
-        .iter()
-        .flat_map(|t| t.latencies.iter().copied())
-        .collect();
-    let p50 = percentile(&mut all, 0.5).unwrap_or_default();
-    let p99 = percentile(&mut all, 0.99).unwrap_or_default();
-    println!();
-    println!(
-        "fleet: {} commands ok, {} failed, {} tries retried; latency p50 {:.1} ms, p99 {:.1} ms",
-        tallies.iter().map(|t| t.ok).sum::<u32>(),
-        tallies.iter().map(|t| t.gave_up).sum::<u32>(),
-        tallies.iter().map(|t| t.failed_tries).sum::<u32>(),
-        p50.as_secs_f64() * 1e3,
-        p99.as_secs_f64() * 1e3
-    );
-    match counters {
-        Some(c) => println!(
-            "counters[ssh]: create {} open {} failed-open {} close {} losses {} reconnects {} crashes {} restarts {} quarantines {}",
-            c.create_calls,
-            c.open_calls,
-            c.failed_open_calls,
-            c.close_calls,
-            c.losses,
-            c.reconnects,
-            c.crashes,
-            c.restarts,
-            c.quarantines
-        ),
-        None => println!("counters[ssh]: none (no connection was created)"),
-    }
 }
 
 async fn run(cli: Cli) -> Result<bool, String> {

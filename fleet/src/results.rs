@@ -1,11 +1,16 @@
-//! What `--output` and `--show` make of the command results: JSON Lines, and the outputs
-//! grouped by host the way Nornir's `print_result` prints them.
+//! What becomes of the command results: the per-device report, and for `--output` and `--show`
+//! JSON Lines and the outputs grouped by host the way Nornir's `print_result` prints them.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
+use connection_supervisor::{ConnectionCounters, ConnectionKey, ConnectionState};
 use serde_json::json;
+
+use crate::inventory::Target;
 
 /// How one command ended on one host, after its retries.
 pub(crate) struct Record {
@@ -78,5 +83,94 @@ pub(crate) fn show<'a>(hosts: impl IntoIterator<Item = (&'a str, &'a [Record])>)
             }
             println!("{}", banner(&format!("^^^^ END {}", record.command), '^'));
         }
+    }
+}
+
+/// What one device did.
+#[derive(Default)]
+pub(crate) struct Tally {
+    pub(crate) ok: u32,
+    pub(crate) failed_tries: u32,
+    pub(crate) gave_up: u32,
+    pub(crate) last_error: Option<String>,
+    pub(crate) latencies: Vec<Duration>,
+    pub(crate) open_error: Option<String>,
+    /// Every command's result, in the order of the command list.
+    pub(crate) records: Vec<Record>,
+}
+
+fn percentile(latencies: &mut [Duration], p: f64) -> Option<Duration> {
+    if latencies.is_empty() {
+        return None;
+    }
+    latencies.sort_unstable();
+    let index = ((latencies.len() - 1) as f64 * p).round() as usize;
+    Some(latencies[index])
+}
+
+/// The per-device table, the fleet's totals and the plugin's counters.
+pub(crate) fn print_report(
+    targets: &[Arc<Target>],
+    tallies: &mut [Tally],
+    states: &[ConnectionState],
+    reconnects: &HashMap<ConnectionKey, u32>,
+    counters: Option<ConnectionCounters>,
+) {
+    println!();
+    println!(
+        "{:<14} {:<10} {:>6} {:>7} {:>8} {:>11} {:>9}",
+        "device", "state", "ok", "failed", "retried", "reconnects", "p50 ms"
+    );
+    for ((target, tally), state) in targets.iter().zip(tallies.iter_mut()).zip(states) {
+        let p50 = percentile(&mut tally.latencies, 0.5)
+            .map(|d| format!("{:.1}", d.as_secs_f64() * 1e3))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<14} {:<10} {:>6} {:>7} {:>8} {:>11} {:>9}",
+            target.key.hostname,
+            format!("{state:?}"),
+            tally.ok,
+            tally.gave_up,
+            tally.failed_tries,
+            reconnects.get(&target.key).copied().unwrap_or(0),
+            p50
+        );
+        if let Some(error) = &tally.open_error {
+            println!("    open failed: {error}");
+        } else if tally.gave_up > 0
+            && let Some(error) = &tally.last_error
+        {
+            println!("    last failure: {error}");
+        }
+    }
+    let mut all: Vec<Duration> = tallies
+        .iter()
+        .flat_map(|t| t.latencies.iter().copied())
+        .collect();
+    let p50 = percentile(&mut all, 0.5).unwrap_or_default();
+    let p99 = percentile(&mut all, 0.99).unwrap_or_default();
+    println!();
+    println!(
+        "fleet: {} commands ok, {} failed, {} tries retried; latency p50 {:.1} ms, p99 {:.1} ms",
+        tallies.iter().map(|t| t.ok).sum::<u32>(),
+        tallies.iter().map(|t| t.gave_up).sum::<u32>(),
+        tallies.iter().map(|t| t.failed_tries).sum::<u32>(),
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3
+    );
+    match counters {
+        Some(c) => println!(
+            "counters[ssh]: create {} open {} failed-open {} close {} losses {} reconnects {} crashes {} restarts {} quarantines {}",
+            c.create_calls,
+            c.open_calls,
+            c.failed_open_calls,
+            c.close_calls,
+            c.losses,
+            c.reconnects,
+            c.crashes,
+            c.restarts,
+            c.quarantines
+        ),
+        None => println!("counters[ssh]: none (no connection was created)"),
     }
 }
