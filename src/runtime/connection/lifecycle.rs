@@ -321,10 +321,11 @@ impl ConnectionActorState {
         self.replaced = reason == CloseReason::Replaced;
         self.timers.cancel_all();
         self.commands.abort_all();
-        let closed = Error::Closed {
-            key: ConnectionKey::clone(&self.key),
-        };
-        self.fail_parked(|| closed.clone());
+        // Built only if a request is parked: most closes have none, and a key is two strings.
+        let key = self.key.clone();
+        self.fail_parked(|| Error::Closed {
+            key: ConnectionKey::clone(&key),
+        });
         self.enter(Happened::CloseStarted);
         match guarded(self.policy.timeouts.close, self.connection.close()).await {
             Outcome::Done(()) => {}

@@ -355,13 +355,18 @@ impl SupervisorState {
 
     pub(super) fn take_slot(&mut self, key: &ConnectionKey) -> Option<Slot> {
         let slot = self.pool.remove(key)?;
+        self.uncount(key, &slot);
+        Some(slot)
+    }
+
+    /// Takes `slot`, just removed from the pool, out of the counts the limits read.
+    pub(super) fn uncount(&mut self, key: &ConnectionKey, slot: &Slot) {
         if slot.holds_a_connection() {
             self.pooled -= 1;
             if let Some(count) = self.pooled_per_plugin.get_mut(&key.plugin_name) {
                 *count -= 1;
             }
         }
-        Some(slot)
     }
 
     pub(super) fn fresh_id(&mut self) -> u64 {
