@@ -356,9 +356,9 @@ impl ConnectionActorState {
             }
         };
         let previous = self.status.state;
-        let waiting = self.status.waiting_requests;
+        // The step's status is a copy of this one, so `waiting_requests` (kept by `publish`
+        // for the parked-requests gauge) is carried over unchanged.
         self.status = step.status;
-        self.status.waiting_requests = waiting;
         let next = self.status.state;
         if previous != next {
             debug!(from = ?previous, to = ?next, "state");

@@ -47,17 +47,10 @@ impl SupervisorState {
         if restarts > policy.max_restarts {
             error!(%key, %reason, restarts, "connection crashed too often; quarantined");
             counters.count(Count::Quarantined);
-            self.events.emit(
-                &key,
-                EventKind::Quarantined {
-                    duration: policy.quarantine,
-                    reason: reason.clone(),
-                },
-            );
             let quarantine = Quarantine {
                 until: deadline_after(policy.quarantine),
                 until_wall: wall_deadline_after(policy.quarantine),
-                reason,
+                reason: reason.clone(),
                 lineage,
                 published: pooled.published,
                 _gauged: counters
@@ -72,6 +65,15 @@ impl SupervisorState {
                 published.route = None;
                 published.actor = None;
             });
+            // Announced last, like every lifecycle event: whoever sees it finds the key
+            // counted, gauged and published as quarantined.
+            self.events.emit(
+                &key,
+                EventKind::Quarantined {
+                    duration: policy.quarantine,
+                    reason,
+                },
+            );
             self.insert_slot(key, Slot::Quarantined(quarantine));
             return;
         }
