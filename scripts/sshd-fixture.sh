@@ -16,7 +16,9 @@
 #   SSHD_KEY          private key (ed25519, no passphrase) authorized for SSHD_USER
 #   SSHD_KNOWN_HOSTS  known_hosts file with the host key for [127.0.0.1]:SSHD_PORT
 #   SSHD_PIDFILE      pid of the listening sshd
-#   SSHD_AUTH_*       the authentication servers (see "authentication servers" below)
+#   SSHD_AUTH_*       the authentication servers   } each block below lists its lines; every
+#   SSHD_ALGO_*       algorithms and host keys     } block runs sshd instances of its own,
+#   SSHD_JUMP_*       a bastion and its target     } started by `start`, stopped by `stop`
 # `start` is idempotent: if this DIR's sshd is already running it is left alone. `stop` removes
 # fixture.env, so tests that look for it skip once the fixture is down; keys and sshd.log stay
 # for debugging.
@@ -49,11 +51,11 @@ usage() {
 # --- processes -------------------------------------------------------------------------------
 
 # True if PID is the sshd started with this fixture's config (guards against pid reuse).
-is_our_sshd() {
-    local pid=$1 cmdline
+is_sshd_with() {
+    local pid=$1 config=$2 cmdline
     [[ $pid =~ ^[0-9]+$ ]] || return 1
     cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
-    [[ $cmdline == *"$SSHD"*"-f $CONFIG"* ]]
+    [[ $cmdline == *"$SSHD"*"-f $config"* ]]
 }
 
 # Prints the pid stored in the pid file if that process is our running sshd.
@@ -61,7 +63,7 @@ running_pid() {
     local pid
     [[ -s $PIDFILE ]] || return 1
     pid=$(<"$PIDFILE")
-    is_our_sshd "$pid" || return 1
+    is_sshd_with "$pid" "$CONFIG" || return 1
     echo "$pid"
 }
 
@@ -112,6 +114,21 @@ wait_gone() {
         ((SECONDS < deadline)) || return 1
         sleep 0.1
     done
+}
+
+# Stops sshd PID and every session it serves: SIGTERM, then SIGKILL for what is left.
+stop_tree() {
+    local pid=$1 victims
+    # Collect the sessions first: once the listener is gone they are reparented and no longer
+    # traceable to it. SIGTERM to the listener alone would leave established sessions running.
+    mapfile -t victims < <(descendants "$pid")
+    victims=("$pid" ${victims[@]+"${victims[@]}"})
+    kill -TERM "${victims[@]}" 2>/dev/null || true
+    if ! wait_gone "$STOP_TIMEOUT_S" "${victims[@]}"; then
+        log "sshd $pid: still running after SIGTERM, sending SIGKILL"
+        kill -KILL "${victims[@]}" 2>/dev/null || true
+        wait_gone "$STOP_TIMEOUT_S" "${victims[@]}" || die "processes still alive: ${victims[*]}"
+    fi
 }
 
 # True if something accepts TCP connections on 127.0.0.1:PORT.
@@ -266,6 +283,81 @@ start_sshd() {
     done
 }
 
+# --- more servers, one set of functions for all ------------------------------------------------
+# Each block below (authentication, algorithms, jump hosts) runs sshd instances of its own, each
+# named NAME in a directory of its own: DIR/NAME.conf, NAME.pid, NAME.log. `instance_start`
+# takes the instance's own config lines on stdin and writes them before the common ones: sshd
+# keeps the first value it reads of a keyword, so an instance overrides a common line by giving
+# its own. (HostKey, Port and ListenAddress add up instead, so only instances set HostKey.)
+
+# Prints the pid of instance NAME in DIR if it runs with its own config (not a reused pid).
+instance_pid() {
+    local dir=$1 name=$2 pid
+    [[ -s $dir/$name.pid ]] || return 1
+    pid=$(<"$dir/$name.pid")
+    is_sshd_with "$pid" "$dir/$name.conf" || return 1
+    echo "$pid"
+}
+
+# Starts instance NAME in DIR on a free port (its config lines on stdin); prints the port.
+instance_start() {
+    local dir=$1 name=$2 own port attempt deadline conf=$1/$2.conf
+    own=$(cat)
+    for attempt in 1 2 3 4 5; do
+        port=$(pick_free_port)
+        cat >"$conf" <<EOF
+# Written by scripts/sshd-fixture.sh; rewritten on every start.
+$own
+# Common to every instance.
+Port $port
+ListenAddress 127.0.0.1
+PidFile $dir/$name.pid
+AllowUsers $FIXTURE_USER
+PermitRootLogin no
+PasswordAuthentication yes
+PubkeyAuthentication yes
+KbdInteractiveAuthentication no
+AuthorizedKeysFile .ssh/authorized_keys
+UsePAM no
+StrictModes no
+MaxStartups 100
+LogLevel VERBOSE
+X11Forwarding no
+PrintMotd no
+PrintLastLog no
+EOF
+        if "$SSHD" -t -f "$conf" -o PerSourcePenalties=no >/dev/null 2>&1; then
+            echo "PerSourcePenalties no" >>"$conf"
+        fi
+        "$SSHD" -t -f "$conf" || die "sshd rejected $conf"
+        rm -f "$dir/$name.pid"
+        if "$SSHD" -f "$conf" -E "$dir/$name.log"; then
+            deadline=$((SECONDS + START_TIMEOUT_S))
+            until port_open "$port" && instance_pid "$dir" "$name" >/dev/null; do
+                if ((SECONDS >= deadline)); then
+                    tail -n 20 "$dir/$name.log" >&2 || true
+                    die "sshd $dir/$name did not start listening on 127.0.0.1:$port"
+                fi
+                sleep 0.1
+            done
+            echo "$port"
+            return 0
+        fi
+        log "sshd $dir/$name could not start on port $port (attempt $attempt)"
+    done
+    die "sshd $dir/$name failed to start"
+}
+
+# Stops instance NAME in DIR and every session it serves, if it runs.
+instance_stop() {
+    local dir=$1 name=$2 pid
+    if pid=$(instance_pid "$dir" "$name"); then
+        stop_tree "$pid"
+        log "stopped sshd $dir/$name ($pid)"
+    fi
+    rm -f "$dir/$name.pid"
+}
+
 # --- authentication servers (SSHD_AUTH_*) ----------------------------------------------------
 # Two more sshd instances for the authentication tests (tests/openssh_auth.rs), each with its
 # own config, pid file and log under DIR/auth/, started by `start` and stopped by `stop`:
@@ -287,69 +379,6 @@ auth_paths() {
     AUTH_CA=$AUTH_DIR/user_ca
     AUTH_PASSPHRASE_FILE=$AUTH_DIR/passphrase
     AUTH_KNOWN_HOSTS=$AUTH_DIR/known_hosts
-}
-
-# Prints the pid of the auth sshd NAME if it runs with its own config.
-auth_running_pid() {
-    local name=$1 pid cmdline
-    [[ -s $AUTH_DIR/$name.pid ]] || return 1
-    pid=$(<"$AUTH_DIR/$name.pid")
-    [[ $pid =~ ^[0-9]+$ ]] || return 1
-    cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
-    [[ $cmdline == *"$SSHD"*"-f $AUTH_DIR/$name.config"* ]] || return 1
-    echo "$pid"
-}
-
-# Writes the config of the auth sshd NAME on PORT; its own lines come on stdin.
-auth_write_config() {
-    local name=$1 port=$2 config=$AUTH_DIR/$1.config
-    {
-        cat <<EOF
-# Written by scripts/sshd-fixture.sh (authentication servers); rewritten on every start.
-Port $port
-ListenAddress 127.0.0.1
-HostKey $DIR/ssh_host_ed25519_key
-PidFile $AUTH_DIR/$name.pid
-AllowUsers $FIXTURE_USER
-PermitRootLogin no
-StrictModes no
-MaxStartups 100
-LogLevel VERBOSE
-X11Forwarding no
-PrintMotd no
-PrintLastLog no
-EOF
-        cat
-    } >"$config"
-    if "$SSHD" -t -f "$config" -o PerSourcePenalties=no >/dev/null 2>&1; then
-        echo "PerSourcePenalties no" >>"$config"
-    fi
-    "$SSHD" -t -f "$config" || die "sshd rejected $config"
-}
-
-# Starts the auth sshd NAME (its own config lines on stdin) on a free port; prints the port.
-auth_start_one() {
-    local name=$1 port attempt deadline lines
-    lines=$(cat)
-    for attempt in 1 2 3 4 5; do
-        port=$(pick_free_port)
-        rm -f "$AUTH_DIR/$name.pid"
-        auth_write_config "$name" "$port" <<<"$lines"
-        if "$SSHD" -f "$AUTH_DIR/$name.config" -E "$AUTH_DIR/$name.log"; then
-            deadline=$((SECONDS + START_TIMEOUT_S))
-            until port_open "$port" && auth_running_pid "$name" >/dev/null; do
-                if ((SECONDS >= deadline)); then
-                    tail -n 20 "$AUTH_DIR/$name.log" >&2 || true
-                    die "auth sshd $name did not start listening on 127.0.0.1:$port"
-                fi
-                sleep 0.1
-            done
-            echo "$port"
-            return 0
-        fi
-        log "auth sshd $name could not start on port $port (attempt $attempt)"
-    done
-    die "auth sshd $name failed to start"
 }
 
 auth_start() {
@@ -376,7 +405,8 @@ auth_start() {
     chmod 644 "$AUTH_DIR/authorized_keys" "$AUTH_CA.pub"
 
     AUTH_KBDINT_PORT=$(
-        auth_start_one kbdint <<EOF
+        instance_start "$AUTH_DIR" kbdint <<EOF
+HostKey $DIR/ssh_host_ed25519_key
 PasswordAuthentication no
 PubkeyAuthentication no
 KbdInteractiveAuthentication yes
@@ -385,7 +415,8 @@ UsePAM yes
 EOF
     )
     AUTH_PUBKEY_PORT=$(
-        auth_start_one pubkey <<EOF
+        instance_start "$AUTH_DIR" pubkey <<EOF
+HostKey $DIR/ssh_host_ed25519_key
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 PubkeyAuthentication yes
@@ -417,21 +448,9 @@ EOF
 
 auth_stop() {
     auth_paths
-    local name pid victims
+    local name
     for name in kbdint pubkey; do
-        if ! pid=$(auth_running_pid "$name"); then
-            rm -f "$AUTH_DIR/$name.pid"
-            continue
-        fi
-        mapfile -t victims < <(descendants "$pid")
-        victims=("$pid" ${victims[@]+"${victims[@]}"})
-        kill -TERM "${victims[@]}" 2>/dev/null || true
-        if ! wait_gone "$STOP_TIMEOUT_S" "${victims[@]}"; then
-            kill -KILL "${victims[@]}" 2>/dev/null || true
-            wait_gone "$STOP_TIMEOUT_S" "${victims[@]}" || die "processes still alive: ${victims[*]}"
-        fi
-        rm -f "$AUTH_DIR/$name.pid"
-        log "stopped auth sshd $name ($pid)"
+        instance_stop "$AUTH_DIR" "$name"
     done
 }
 
@@ -453,52 +472,6 @@ auth_stop() {
 #   SSHD_ALGO_KH_CA           @cert-authority line for the cert server's CA
 #   SSHD_ALGO_KH_WRONG_CA     @cert-authority line for another CA
 #   SSHD_ALGO_ASKPASS         SSH_ASKPASS script answering the password, for the ssh client
-
-# Prints the pid of sshd NAME of this block if it runs (guards against pid reuse).
-algo_sshd_pid() {
-    local name=$1 pid cmdline
-    [[ -s $ALGO_DIR/$name.pid ]] || return 1
-    pid=$(<"$ALGO_DIR/$name.pid")
-    [[ $pid =~ ^[0-9]+$ ]] || return 1
-    cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
-    [[ $cmdline == *"$SSHD"*"-f $ALGO_DIR/$name.conf"* ]] || return 1
-    echo "$pid"
-}
-
-# Starts sshd NAME on a free port with the extra config lines on stdin; prints the port.
-algo_run_sshd() {
-    local name=$1 extra port attempt deadline
-    extra=$(cat)
-    for attempt in 1 2 3 4 5; do
-        port=$(pick_free_port)
-        cat >"$ALGO_DIR/$name.conf" <<CONF
-Port $port
-ListenAddress 127.0.0.1
-PidFile $ALGO_DIR/$name.pid
-AllowUsers $FIXTURE_USER
-PasswordAuthentication yes
-PubkeyAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-StrictModes no
-LogLevel VERBOSE
-$extra
-CONF
-        "$SSHD" -t -f "$ALGO_DIR/$name.conf" || die "sshd rejected $ALGO_DIR/$name.conf"
-        rm -f "$ALGO_DIR/$name.pid"
-        if "$SSHD" -f "$ALGO_DIR/$name.conf" -E "$ALGO_DIR/$name.log"; then
-            deadline=$((SECONDS + START_TIMEOUT_S))
-            until port_open "$port" && algo_sshd_pid "$name" >/dev/null; do
-                ((SECONDS < deadline)) || die "algo: sshd $name did not listen on $port"
-                sleep 0.1
-            done
-            echo "$port"
-            return 0
-        fi
-        log "algo: could not start $name on $port (attempt $attempt)"
-    done
-    die "algo: sshd $name failed to start"
-}
 
 # A key of TYPE at ALGO_DIR/NAME, kept across restarts like a device's host key.
 algo_key() {
@@ -528,7 +501,8 @@ algo_start() {
     ssh-keygen -q -s "$ALGO_DIR/ca" -I algo-fixture-host -h -n 127.0.0.1 -V -5m:+7d \
         "$ALGO_DIR/cert_ed25519.pub"
 
-    legacy=$(algo_run_sshd legacy <<CONF
+    legacy=$(instance_start "$ALGO_DIR" legacy <<CONF
+PubkeyAuthentication no
 HostKey $ALGO_DIR/legacy_rsa
 KexAlgorithms diffie-hellman-group14-sha1
 HostKeyAlgorithms ssh-rsa
@@ -536,13 +510,15 @@ Ciphers aes128-cbc
 MACs hmac-sha1
 CONF
     )
-    modern=$(algo_run_sshd modern <<CONF
+    modern=$(instance_start "$ALGO_DIR" modern <<CONF
+PubkeyAuthentication no
 HostKey $ALGO_DIR/modern_ed25519
 HostKey $ALGO_DIR/modern_ecdsa
 HostKey $ALGO_DIR/modern_rsa
 CONF
     )
-    cert=$(algo_run_sshd cert <<CONF
+    cert=$(instance_start "$ALGO_DIR" cert <<CONF
+PubkeyAuthentication no
 HostKey $ALGO_DIR/cert_ed25519
 HostCertificate $ALGO_DIR/cert_ed25519-cert.pub
 CONF
@@ -588,18 +564,10 @@ ENV
 }
 
 algo_stop() {
-    local name pid victims
+    local name
     ALGO_DIR=$DIR/algo
     for name in legacy modern cert; do
-        pid=$(algo_sshd_pid "$name") || continue
-        mapfile -t victims < <(descendants "$pid")
-        victims=("$pid" ${victims[@]+"${victims[@]}"})
-        kill -TERM "${victims[@]}" 2>/dev/null || true
-        if ! wait_gone "$STOP_TIMEOUT_S" "${victims[@]}"; then
-            kill -KILL "${victims[@]}" 2>/dev/null || true
-            wait_gone "$STOP_TIMEOUT_S" "${victims[@]}" || die "algo: still alive: ${victims[*]}"
-        fi
-        rm -f "$ALGO_DIR/$name.pid"
+        instance_stop "$ALGO_DIR" "$name"
     done
 }
 
@@ -614,72 +582,29 @@ algo_stop() {
 
 readonly JUMP_SERVERS=(bastion target)
 
-jump_is_ours() {
-    local pid=$1 conf=$2 cmdline
-    [[ $pid =~ ^[0-9]+$ ]] || return 1
-    cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
-    [[ $cmdline == *"$SSHD"*"-f $conf"* ]]
-}
-
-# Writes the config of jump server NAME on PORT, with EXTRA lines appended.
-jump_config() {
-    local name=$1 port=$2 extra=$3 dir=$DIR/jump
-    cat >"$dir/$name.conf" <<EOF
-# Written by scripts/sshd-fixture.sh (jump hosts); rewritten on every start.
-Port $port
-ListenAddress 127.0.0.1
-HostKey $dir/${name}_host_ed25519_key
-PidFile $dir/$name.pid
-AllowUsers $FIXTURE_USER
-PermitRootLogin no
-PasswordAuthentication yes
-PubkeyAuthentication yes
-KbdInteractiveAuthentication no
-AuthorizedKeysFile .ssh/authorized_keys
-UsePAM no
-StrictModes no
-MaxStartups 100
-X11Forwarding no
-PrintMotd no
-PrintLastLog no
-$extra
-EOF
-    if "$SSHD" -t -f "$dir/$name.conf" -o PerSourcePenalties=no >/dev/null 2>&1; then
-        echo "PerSourcePenalties no" >>"$dir/$name.conf"
-    fi
-    "$SSHD" -t -f "$dir/$name.conf" || die "sshd rejected $dir/$name.conf"
-}
-
-# Starts jump server NAME with EXTRA config lines on a free port; prints the port.
-jump_start_one() {
-    local name=$1 extra=$2 dir=$DIR/jump port attempt deadline
-    [[ -s $dir/${name}_host_ed25519_key ]] || new_key "$dir/${name}_host_ed25519_key" "sshd-fixture-$name"
-    for attempt in 1 2 3 4 5; do
-        port=$(pick_free_port)
-        jump_config "$name" "$port" "$extra"
-        rm -f "$dir/$name.pid"
-        if "$SSHD" -f "$dir/$name.conf" -E "$dir/$name.log"; then
-            deadline=$((SECONDS + START_TIMEOUT_S))
-            until port_open "$port" && [[ -s $dir/$name.pid ]] &&
-                jump_is_ours "$(<"$dir/$name.pid")" "$dir/$name.conf"; do
-                ((SECONDS < deadline)) || die "jump $name sshd did not listen on $port in time"
-                sleep 0.1
-            done
-            echo "$port"
-            return 0
-        fi
-        log "jump $name: could not start on port $port (attempt $attempt)"
-    done
-    die "jump $name sshd failed to start"
-}
-
 jump_start() {
     local dir=$DIR/jump
     jump_stop
     mkdir -p "$dir"
     chmod 755 "$dir"
-    JUMP_BASTION_PORT=$(jump_start_one bastion $'AllowTcpForwarding yes\nLogLevel DEBUG1')
-    JUMP_TARGET_PORT=$(jump_start_one target $'AllowTcpForwarding no\nLogLevel VERBOSE')
+    local name
+    for name in "${JUMP_SERVERS[@]}"; do
+        [[ -s $dir/${name}_host_ed25519_key ]] ||
+            new_key "$dir/${name}_host_ed25519_key" "sshd-fixture-$name"
+    done
+    JUMP_BASTION_PORT=$(
+        instance_start "$dir" bastion <<EOF
+HostKey $dir/bastion_host_ed25519_key
+AllowTcpForwarding yes
+LogLevel DEBUG1
+EOF
+    )
+    JUMP_TARGET_PORT=$(
+        instance_start "$dir" target <<EOF
+HostKey $dir/target_host_ed25519_key
+AllowTcpForwarding no
+EOF
+    )
     {
         echo "[127.0.0.1]:$JUMP_BASTION_PORT $(cut -d' ' -f1,2 "$dir/bastion_host_ed25519_key.pub")"
         echo "[127.0.0.1]:$JUMP_TARGET_PORT $(cut -d' ' -f1,2 "$dir/target_host_ed25519_key.pub")"
@@ -699,23 +624,10 @@ SSHD_JUMP_BASTION_PIDFILE=$dir/bastion.pid
 EOF
 }
 
-# Stops the jump servers and their sessions, by pid file only.
 jump_stop() {
-    local dir=$DIR/jump name pid victims
+    local name
     for name in "${JUMP_SERVERS[@]}"; do
-        [[ -s $dir/$name.pid ]] || continue
-        pid=$(<"$dir/$name.pid")
-        if jump_is_ours "$pid" "$dir/$name.conf"; then
-            mapfile -t victims < <(descendants "$pid")
-            victims=("$pid" ${victims[@]+"${victims[@]}"})
-            kill -TERM "${victims[@]}" 2>/dev/null || true
-            if ! wait_gone "$STOP_TIMEOUT_S" "${victims[@]}"; then
-                kill -KILL "${victims[@]}" 2>/dev/null || true
-                wait_gone "$STOP_TIMEOUT_S" "${victims[@]}" || die "jump $name still alive: ${victims[*]}"
-            fi
-            log "stopped jump $name sshd $pid"
-        fi
-        rm -f "$dir/$name.pid"
+        instance_stop "$DIR/jump" "$name"
     done
 }
 
@@ -775,7 +687,7 @@ EOF
 }
 
 cmd_stop() {
-    local pid victims
+    local pid
     rm -f "$ENV_FILE"
     auth_stop
     jump_stop
@@ -785,18 +697,9 @@ cmd_stop() {
         log "not running"
         return 0
     fi
-    # Collect the sessions first: once the listener is gone they are reparented and no longer
-    # traceable to it. SIGTERM to the listener alone would leave established sessions running.
-    mapfile -t victims < <(descendants "$pid")
-    victims=("$pid" ${victims[@]+"${victims[@]}"})
-    kill -TERM "${victims[@]}" 2>/dev/null || true
-    if ! wait_gone "$STOP_TIMEOUT_S" "${victims[@]}"; then
-        log "sshd did not exit on SIGTERM, sending SIGKILL"
-        kill -KILL "${victims[@]}" 2>/dev/null || true
-        wait_gone "$STOP_TIMEOUT_S" "${victims[@]}" || die "processes still alive: ${victims[*]}"
-    fi
+    stop_tree "$pid"
     rm -f "$PIDFILE"
-    log "stopped sshd $pid and its sessions (${#victims[@]} processes)"
+    log "stopped sshd $pid and its sessions"
 }
 
 main() {
