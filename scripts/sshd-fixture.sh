@@ -60,11 +60,7 @@ is_sshd_with() {
 
 # Prints the pid stored in the pid file if that process is our running sshd.
 running_pid() {
-    local pid
-    [[ -s $PIDFILE ]] || return 1
-    pid=$(<"$PIDFILE")
-    is_sshd_with "$pid" "$CONFIG" || return 1
-    echo "$pid"
+    instance_pid "$DIR" sshd
 }
 
 # Prints every descendant of PID, one per line. Reads /proc rather than using pgrep, which a
@@ -230,62 +226,9 @@ new_key() {
     ssh-keygen -q -t ed25519 -N '' -C "$2" -f "$1"
 }
 
-write_config() {
-    local port=$1
-    cat >"$CONFIG" <<EOF
-# Written by scripts/sshd-fixture.sh; rewritten on every start.
-Port $port
-ListenAddress 127.0.0.1
-HostKey $DIR/ssh_host_ed25519_key
-PidFile $PIDFILE
-AllowUsers $FIXTURE_USER
-PermitRootLogin no
-PasswordAuthentication yes
-PubkeyAuthentication yes
-KbdInteractiveAuthentication no
-AuthorizedKeysFile .ssh/authorized_keys
-# Debian's sshd checks passwords against /etc/shadow itself when PAM is off, and PAM would
-# only add login-session noise (and needs more of the system set up).
-UsePAM no
-# The fixture's files live in a directory other users may be able to write.
-StrictModes no
-MaxSessions 10
-# Tests open many connections at once; the default (10:30:100) randomly drops handshakes
-# beyond 10 pending ones.
-MaxStartups 100
-LogLevel VERBOSE
-X11Forwarding no
-PrintMotd no
-PrintLastLog no
-EOF
-    # OpenSSH 9.8+ penalises sources that fail logins, which would block 127.0.0.1 after a
-    # test's deliberate bad-password attempts. Older versions reject the option.
-    if "$SSHD" -t -f "$CONFIG" -o PerSourcePenalties=no >/dev/null 2>&1; then
-        echo "PerSourcePenalties no" >>"$CONFIG"
-    fi
-    "$SSHD" -t -f "$CONFIG" || die "sshd rejected $CONFIG"
-}
-
-# Starts sshd on PORT and waits until it listens. Returns 1 if it could not bind the port.
-start_sshd() {
-    local port=$1 deadline
-    rm -f "$PIDFILE"
-    write_config "$port"
-    # sshd binds before it daemonizes, so a taken port shows up as a failed start.
-    "$SSHD" -f "$CONFIG" -E "$LOG" || return 1
-    deadline=$((SECONDS + START_TIMEOUT_S))
-    until port_open "$port" && running_pid >/dev/null; do
-        if ((SECONDS >= deadline)); then
-            tail -n 20 "$LOG" >&2 || true
-            die "sshd did not start listening on 127.0.0.1:$port within ${START_TIMEOUT_S}s"
-        fi
-        sleep 0.1
-    done
-}
-
-# --- more servers, one set of functions for all ------------------------------------------------
-# Each block below (authentication, algorithms, jump hosts) runs sshd instances of its own, each
-# named NAME in a directory of its own: DIR/NAME.conf, NAME.pid, NAME.log. `instance_start`
+# --- sshd instances ---------------------------------------------------------------------------
+# The main server and each block below (authentication, algorithms, jump hosts) are sshd
+# instances, each named NAME in a directory: DIR/NAME.conf, NAME.pid, NAME.log. `instance_start`
 # takes the instance's own config lines on stdin and writes them before the common ones: sshd
 # keeps the first value it reads of a keyword, so an instance overrides a common line by giving
 # its own. (HostKey, Port and ListenAddress add up instead, so only instances set HostKey.)
@@ -299,12 +242,14 @@ instance_pid() {
     echo "$pid"
 }
 
-# Starts instance NAME in DIR on a free port (its config lines on stdin); prints the port.
+# Starts instance NAME in DIR (its config lines on stdin) on PORT, or on a free port if PORT is
+# empty; prints the port.
 instance_start() {
-    local dir=$1 name=$2 own port attempt deadline conf=$1/$2.conf
+    local dir=$1 name=$2 fixed_port=${3:-} own port attempt deadline conf=$1/$2.conf
     own=$(cat)
+    # Another process may take the picked port between the check and sshd's bind.
     for attempt in 1 2 3 4 5; do
-        port=$(pick_free_port)
+        port=${fixed_port:-$(pick_free_port)}
         cat >"$conf" <<EOF
 # Written by scripts/sshd-fixture.sh; rewritten on every start.
 $own
@@ -318,19 +263,27 @@ PasswordAuthentication yes
 PubkeyAuthentication yes
 KbdInteractiveAuthentication no
 AuthorizedKeysFile .ssh/authorized_keys
+# Debian's sshd checks passwords against /etc/shadow itself when PAM is off, and PAM would
+# only add login-session noise (and needs more of the system set up).
 UsePAM no
+# The fixture's files live in a directory other users may be able to write.
 StrictModes no
+# Tests open many connections at once; the default (10:30:100) randomly drops handshakes
+# beyond 10 pending ones.
 MaxStartups 100
 LogLevel VERBOSE
 X11Forwarding no
 PrintMotd no
 PrintLastLog no
 EOF
+        # OpenSSH 9.8+ penalises sources that fail logins, which would block 127.0.0.1 after a
+        # test's deliberate bad-password attempts. Older versions reject the option.
         if "$SSHD" -t -f "$conf" -o PerSourcePenalties=no >/dev/null 2>&1; then
             echo "PerSourcePenalties no" >>"$conf"
         fi
         "$SSHD" -t -f "$conf" || die "sshd rejected $conf"
         rm -f "$dir/$name.pid"
+        # sshd binds before it daemonizes, so a taken port shows up as a failed start.
         if "$SSHD" -f "$conf" -E "$dir/$name.log"; then
             deadline=$((SECONDS + START_TIMEOUT_S))
             until port_open "$port" && instance_pid "$dir" "$name" >/dev/null; do
@@ -632,7 +585,7 @@ jump_stop() {
 }
 
 cmd_start() {
-    local pid port password attempt
+    local pid port password
     if pid=$(running_pid); then
         log "already running (pid $pid), see $ENV_FILE"
         return 0
@@ -649,18 +602,13 @@ cmd_start() {
     [[ -s $CLIENT_KEY ]] || new_key "$CLIENT_KEY" "$FIXTURE_USER@sshd-fixture"
     password=$(setup_user)
 
-    # Another process may take the picked port between the check and sshd's bind.
     # SSHD_FIXTURE_PORT brings a stopped server back on the port its clients know.
-    for attempt in 1 2 3 4 5; do
-        port=${SSHD_FIXTURE_PORT:-$(pick_free_port)}
-        start_sshd "$port" && break
-        log "could not start on port $port (attempt $attempt)"
-        port=
-    done
-    [[ -n $port ]] || {
-        tail -n 20 "$LOG" >&2 || true
-        die "sshd failed to start"
-    }
+    port=$(
+        instance_start "$DIR" sshd "${SSHD_FIXTURE_PORT:-}" <<EOF
+HostKey $DIR/ssh_host_ed25519_key
+MaxSessions 10
+EOF
+    )
 
     echo "[127.0.0.1]:$port $(cut -d' ' -f1,2 "$DIR/ssh_host_ed25519_key.pub")" >"$KNOWN_HOSTS"
     auth_start
@@ -713,9 +661,7 @@ main() {
         die "SSHD_FIXTURE_USER must be a plain, non-root user name: $FIXTURE_USER"
     ((EUID == 0)) || die "must run as root"
 
-    CONFIG=$DIR/sshd_config
     PIDFILE=$DIR/sshd.pid
-    LOG=$DIR/sshd.log
     CLIENT_KEY=$DIR/client_ed25519
     KNOWN_HOSTS=$DIR/known_hosts
     ENV_FILE=$DIR/fixture.env
