@@ -110,6 +110,8 @@ fn page_size() -> u64 {
 /// Raises this process's open-files limit to at least `wanted`: the soft limit up to the hard
 /// one, and the hard one too where the process may (root, or `CAP_SYS_RESOURCE`). Returns the
 /// soft limit before and after.
+// `rlim_t` is `u64` on Linux, not on every Unix.
+#[allow(clippy::unnecessary_cast)]
 pub fn raise_nofile(wanted: u64) -> (u64, u64) {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
