@@ -344,13 +344,15 @@ if os.path.exists(ssh_scale_path):
         w("")
     sweep = sc.get("bound_sweep") or []
     if sweep:
-        w("| open bound (supervisor, client only) | time | opens/s | slot wait p50 | max |")
-        w("| --- | --- | --- | --- | --- |")
+        w("| open bound (supervisor, client only) | time | opens/s | slot wait p50 | slot wait max | open itself p50 | p99 |")
+        w("| --- | --- | --- | --- | --- | --- | --- |")
         for r in [sc["client_only"]["phases"]["supervisor"]] + sweep:
             m = r.get("supervisor_metrics") or {}
-            sw = m.get("slot_wait_ms") or {}
-            cell = lambda v: f"{v / 1e3:.1f} s" if v is not None else "-"
-            w(f"| {r['bound']} | {r['wall_secs']:.2f} s | {r['opens_per_sec']:,.0f} | {cell(sw.get('p50'))} | {cell(sw.get('max'))} |")
+            sw, od = m.get("slot_wait_ms") or {}, m.get("open_duration_ms") or {}
+            secs = lambda v: f"{v / 1e3:.1f} s" if v is not None else "-"
+            ms = lambda v: f"{v:.0f} ms" if v is not None else "-"
+            w(f"| {r['bound']} | {r['wall_secs']:.2f} s | {r['opens_per_sec']:,.0f} | {secs(sw.get('p50'))} | "
+              f"{secs(sw.get('max'))} | {ms(od.get('p50'))} | {ms(od.get('p99'))} |")
         w("")
 # --- end SSH at scale ------------------------------------------------------------------------
 
