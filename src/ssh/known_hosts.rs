@@ -296,44 +296,65 @@ fn field_matches(field: &str, name: &str) -> Option<bool> {
         return Some(host_matches(&patterns, name));
     }
     // As ssh-key splits the list (an empty field is not a list, but never reaches here).
-    Some(patterns_match(field.split_terminator(','), name))
+    let mut matched = false;
+    for pattern in field.split_terminator(',') {
+        match pattern_hit(pattern, name) {
+            Hit::Excluded => return Some(false),
+            Hit::Matched => matched = true,
+            Hit::Missed => {}
+        }
+    }
+    Some(matched)
 }
 
 /// How ssh-key tells a hashed host name from a list of patterns.
 const HASHED_PREFIX: &str = "|1|";
 
+/// OpenSSH's rule: a negated pattern that matches excludes the host, whatever else matches.
 fn host_matches(patterns: &HostPatterns, name: &str) -> bool {
     match patterns {
         HostPatterns::HashedName { salt, hash } => Hmac::<Sha1>::new_from_slice(salt)
             .map(|mac| mac.chain_update(name.as_bytes()).verify_slice(hash).is_ok())
             .unwrap_or(false),
         HostPatterns::Patterns(patterns) => {
-            patterns_match(patterns.iter().map(String::as_str), name)
+            let mut matched = false;
+            for pattern in patterns {
+                match pattern_hit(pattern, name) {
+                    Hit::Excluded => return false,
+                    Hit::Matched => matched = true,
+                    Hit::Missed => {}
+                }
+            }
+            matched
         }
     }
 }
 
-/// OpenSSH's rule: a negated pattern that matches excludes the host, whatever else matches.
-/// `name` is in lower case; patterns match it whatever their case.
-fn patterns_match<'a>(patterns: impl IntoIterator<Item = &'a str>, name: &str) -> bool {
-    let mut matched = false;
-    for pattern in patterns {
-        let (negated, pattern) = match pattern.strip_prefix('!') {
-            Some(pattern) => (true, pattern),
-            None => (false, pattern),
-        };
-        // Most lines name their hosts literally: compared without `glob`'s allocations.
-        let hit = if pattern.contains(['*', '?']) {
-            glob(&pattern.to_ascii_lowercase(), name)
-        } else {
-            pattern.eq_ignore_ascii_case(name)
-        };
-        if hit && negated {
-            return false;
-        }
-        matched |= hit;
+/// What one pattern of a list says of a host.
+enum Hit {
+    Matched,
+    /// A negated pattern matched: the host is excluded.
+    Excluded,
+    Missed,
+}
+
+/// `name` is in lower case; a pattern matches it whatever the pattern's case.
+fn pattern_hit(pattern: &str, name: &str) -> Hit {
+    let (negated, pattern) = match pattern.strip_prefix('!') {
+        Some(pattern) => (true, pattern),
+        None => (false, pattern),
+    };
+    // Most lines name their hosts literally: compared without `glob`'s allocations.
+    let hit = if pattern.contains(['*', '?']) {
+        glob(&pattern.to_ascii_lowercase(), name)
+    } else {
+        pattern.eq_ignore_ascii_case(name)
+    };
+    match (hit, negated) {
+        (false, _) => Hit::Missed,
+        (true, false) => Hit::Matched,
+        (true, true) => Hit::Excluded,
     }
-    matched
 }
 
 /// Shell-style matching with `*` (any run) and `?` (one character), as OpenSSH's
