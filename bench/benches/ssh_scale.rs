@@ -469,7 +469,11 @@ fn run_phase(phase: Phase, devices_dir: Option<PathBuf>, bound: usize) -> Value 
     let rt = runtime();
     rt.block_on(async move {
         // In one process: this phase's own devices, started (and idle) before the first reading.
-        let own_dir;
+        let own_dir = std::env::temp_dir().join(format!(
+            "cs-ssh-scale-{}-{}",
+            std::process::id(),
+            phase.name()
+        ));
         let (targets, own_devices) = match devices_dir {
             Some(dir) => {
                 let ports = std::fs::read_to_string(dir.join("ports"))
@@ -483,11 +487,6 @@ fn run_phase(phase: Phase, devices_dir: Option<PathBuf>, bound: usize) -> Value 
                 (Targets { addrs, known_hosts }, Vec::new())
             }
             None => {
-                own_dir = std::env::temp_dir().join(format!(
-                    "cs-ssh-scale-{}-{}",
-                    std::process::id(),
-                    phase.name()
-                ));
                 std::fs::create_dir_all(&own_dir)
                     .unwrap_or_else(|e| fail(&format!("{}: {e}", own_dir.display())));
                 let lab = start_devices(devices, &own_dir).await;
@@ -576,6 +575,8 @@ fn run_phase(phase: Phase, devices_dir: Option<PathBuf>, bound: usize) -> Value 
             "supervisor_metrics": slot_metrics(),
         });
         drop(held);
+        // The process exits without unwinding: its known_hosts file goes now.
+        let _ = std::fs::remove_dir_all(&own_dir);
         result
     })
 }
