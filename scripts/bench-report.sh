@@ -24,6 +24,13 @@ if [[ ${1:-} != --no-run ]]; then
     mkdir -p "$REPORT_DIR"
     BENCH_REPORT_DIR=$PWD/$REPORT_DIR cargo bench -p connection-supervisor-bench --bench supervisor 2>&1 |
         tee "$REPORT_DIR/bench.log"
+    # --- SSH at scale (bench/benches/ssh_scale.rs; issue 14, item 4) -------------------------
+    # Its own target: 5,000 embedded devices, each phase in a child process (about 3 minutes).
+    # `metrics` lets it read the supervisor's open-slot waits. Writes $REPORT_DIR/ssh-scale.json.
+    SSH_SCALE_DEVICES=${SSH_SCALE_DEVICES:-5000} BENCH_REPORT_DIR=$PWD/$REPORT_DIR \
+        cargo bench -p connection-supervisor-bench --bench ssh_scale --features metrics 2>&1 |
+        tee "$REPORT_DIR/ssh-scale.log"
+    # --- end SSH at scale --------------------------------------------------------------------
 fi
 
 [[ -s $REPORT_DIR/extras.json ]] || {
@@ -278,6 +285,76 @@ if first is not None:
 if close is not None:
     w(f"| `close_all_connections` for all of them | {close:.2f} s | | |")
 w("")
+
+# --- SSH at scale (bench/benches/ssh_scale.rs; issue 14, item 4) -----------------------------
+ssh_scale_path = os.path.join(os.path.dirname(extras_path), "ssh-scale.json")
+if os.path.exists(ssh_scale_path):
+    sc = json.load(open(ssh_scale_path))
+    n = sc["devices"]
+    w(f"## SSH at scale: {n:,} devices")
+    w("")
+    w(f"{n:,} embedded SSH devices (`testing::SshTestServer`), each opened (strict host-key check "
+      f"against one known_hosts file listing all {n:,}, password login) and running `{sc['command']}` "
+      f"once, at most {sc['open_bound']} opens at a time (the supervisor's default bound; the raw "
+      "client is held to the same). *supervisor*: `ConnectionManager::open_connection` then "
+      "`ConnectionHandle::execute_command`; *plugin*: `ssh::SshConnection` opened and used "
+      "without the supervisor; *raw russh*: a `client::Handle` per device (tests/raw_ssh). "
+      "Each phase runs in a child process of its own (bench/benches/ssh_scale.rs). Memory per "
+      "connection is (after - before) / devices, read after `malloc_trim` with every session open "
+      "and idle, before = devices started and idle, client set up. *Client only*: the devices run "
+      "in a separate process, so the figure is the client's alone. *One process*: devices, "
+      "client and supervisor in one process, as the issue asks; its memory includes the devices' "
+      "server-side sessions, the same in both rows (run with as many devices as the open-files "
+      "limit allows: four descriptors per device there). *heap* counts the bytes of live heap blocks "
+      "(a counting allocator), *RSS* what is resident.")
+    w("")
+    w("| where | variant | time to open + run on all | opens/s | RSS per connection | heap per connection | heap blocks per connection | failed |")
+    w("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    labels = {"supervisor": "supervisor", "plugin": "plugin, no supervisor", "raw": "raw russh",
+              "actor": "an idle ractor actor, no SSH"}
+    together = sc["one_process"].get("devices", n)
+    together_title = "one process" if together == n else f"one process, {together:,} devices"
+    for where, title in [("client_only", "client only"), ("one_process", together_title)]:
+        phases = sc[where]["phases"]
+        for name in ["supervisor", "plugin", "raw", "actor"]:
+            r = phases.get(name)
+            if r is None:
+                continue
+            w(f"| {title} | {labels[name]} | {r['wall_secs']:.2f} s | {r['opens_per_sec']:,.0f} | "
+              f"{r['rss_per_connection'] / 1024:.1f} KiB | {r['heap_per_connection'] / 1024:.1f} KiB | "
+              f"{r['blocks_per_connection']:.0f} | {r['failures']} |")
+    w("")
+    rss_ratio = sc["client_only"]["rss_ratio"]
+    heap_ratio = sc["client_only"]["heap_ratio"]
+    one_ratio = sc["one_process"]["rss_ratio"]
+    targets([
+        ("resident memory per connection ≤ 1.2 × raw russh's (client only)", f"{rss_ratio:.2f}×", rss_ratio <= 1.2),
+        ("(heap bytes per connection, client only)", f"{heap_ratio:.2f}×", None),
+        ("(resident memory per connection, one process, devices' sessions included)", f"{one_ratio:.2f}×", None),
+    ])
+    sup = sc["client_only"]["phases"].get("supervisor", {}).get("supervisor_metrics")
+    if sup:
+        wait, opened = sup["slot_wait_ms"], sup["open_duration_ms"]
+        w(f"Open slots (supervisor, client only; the `metrics` feature's histograms): the open "
+          f"itself took {opened['p50']:.0f} ms at the median ({opened['p99']:.0f} ms p99); the wait "
+          f"for a slot {wait['p50'] / 1e3:.1f} s at the median and {wait['max'] / 1e3:.1f} s at most, "
+          f"with up to {sup['peak_waiting']:,.0f} opens waiting at once. Every device has its own "
+          "address, so the per-address handshake limit never binds here; the global bound queues "
+          "the rest, and the wait counts against the open timeout (30 s by default).")
+        w("")
+    sweep = sc.get("bound_sweep") or []
+    if sweep:
+        w("| open bound (supervisor, client only) | time | opens/s | slot wait p50 | slot wait max | open itself p50 | p99 |")
+        w("| --- | --- | --- | --- | --- | --- | --- |")
+        for r in [sc["client_only"]["phases"]["supervisor"]] + sweep:
+            m = r.get("supervisor_metrics") or {}
+            sw, od = m.get("slot_wait_ms") or {}, m.get("open_duration_ms") or {}
+            secs = lambda v: f"{v / 1e3:.1f} s" if v is not None else "-"
+            ms = lambda v: f"{v:.0f} ms" if v is not None else "-"
+            w(f"| {r['bound']} | {r['wall_secs']:.2f} s | {r['opens_per_sec']:,.0f} | {secs(sw.get('p50'))} | "
+              f"{secs(sw.get('max'))} | {ms(od.get('p50'))} | {ms(od.get('p99'))} |")
+        w("")
+# --- end SSH at scale ------------------------------------------------------------------------
 
 if os.path.exists(analysis_path):
     w(open(analysis_path).read().rstrip())

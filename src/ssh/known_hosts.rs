@@ -7,7 +7,8 @@
 //! `ssh` does (russh's own helper compares host names literally and reads marker lines as
 //! hosts). A line that cannot be parsed is skipped, as `ssh` skips it.
 
-use std::io;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader};
 use std::path::Path;
 
 use hmac::{Hmac, KeyInit, Mac};
@@ -52,54 +53,78 @@ pub(super) enum Verdict {
 impl KnownHosts {
     /// Reads the lines of the file at `path` that may be about `host:port`: `Ok(None)` when
     /// it does not exist, an error (naming the path) when it cannot be read.
+    ///
+    /// A fleet's file lists every device and is read on every open: it is read a line at a
+    /// time into one buffer, and a line naming other hosts literally is passed over without an
+    /// allocation. Reading it whole and parsing every line's host patterns cost 5,000 opens
+    /// against a 5,000-line file 45,000 allocations and a 550 KB buffer each (measured by
+    /// bench/benches/ssh_scale.rs); raw russh's own check reads it the same way as this.
     pub(super) fn load(path: &Path, host: &str, port: u16) -> Result<Option<Self>, String> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
+        let cannot_read = |error: io::Error| format!("cannot read {}: {error}", path.display());
+        let file = match File::open(path) {
+            Ok(file) => file,
             Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(error) => return Err(format!("cannot read {}: {error}", path.display())),
+            Err(error) => return Err(cannot_read(error)),
         };
-        Ok(Some(Self::parse(
-            path,
-            &text,
-            Some(&lookup_name(host, port)),
-        )))
+        let name = lookup_name(host, port);
+        let mut reader = BufReader::new(file);
+        let mut hosts = Self::empty();
+        let mut line = String::new();
+        let mut number = 0;
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).map_err(cannot_read)? == 0 {
+                return Ok(Some(hosts));
+            }
+            number += 1;
+            hosts.add(path, number, &line, Some(&name));
+        }
     }
 
-    /// The lines of `text` whose host patterns match `name` (every line when `None`). Only
-    /// those have their key decoded: a fleet's known_hosts may hold tens of thousands of lines
-    /// and is read on every open (measured, release build: 20,000 lines took 63 ms to decode
-    /// in full).
+    fn empty() -> Self {
+        Self {
+            lines: Vec::new(),
+            invalid: Vec::new(),
+        }
+    }
+
+    /// The lines of `text` whose host patterns match `name` (every line when `None`), as
+    /// [`load`](Self::load) keeps them from a file.
+    #[cfg(test)]
     fn parse(path: &Path, text: &str, name: Option<&str>) -> Self {
-        let mut invalid = Vec::new();
-        let mut lines = Vec::new();
+        let mut hosts = Self::empty();
         for (index, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let hosts = line
-                .split_whitespace()
-                .find(|field| !field.starts_with('@'))
-                .and_then(|field| field.parse::<HostPatterns>().ok());
-            if let (Some(hosts), Some(name)) = (&hosts, name)
-                && !host_matches(hosts, name)
-            {
-                continue;
-            }
-            // ssh-key splits fields on one space; OpenSSH on any run of blanks.
-            let normalised = line.split_whitespace().collect::<Vec<_>>().join(" ");
-            match normalised.parse::<Entry>() {
-                Ok(entry) => lines.push(Line {
-                    number: index + 1,
-                    entry,
-                }),
-                Err(error) => {
-                    debug!(path = %path.display(), line = index + 1, %error, "skipped a known_hosts line");
-                    invalid.push((index + 1, hosts, error.to_string()));
-                }
+            hosts.add(path, index + 1, line, name);
+        }
+        hosts
+    }
+
+    /// Line `number` of the file, kept if it may be about `name` (any line when `None`). Only
+    /// kept lines have their key decoded: a fleet's known_hosts may hold tens of thousands of
+    /// lines (measured, release build: 20,000 lines took 63 ms to decode in full).
+    fn add(&mut self, path: &Path, number: usize, line: &str, name: Option<&str>) {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            return;
+        }
+        let field = line
+            .split_whitespace()
+            .find(|field| !field.starts_with('@'));
+        if let (Some(field), Some(name)) = (field, name)
+            && field_matches(field, name) == Some(false)
+        {
+            return;
+        }
+        // ssh-key splits fields on one space; OpenSSH on any run of blanks.
+        let normalised = line.split_whitespace().collect::<Vec<_>>().join(" ");
+        match normalised.parse::<Entry>() {
+            Ok(entry) => self.lines.push(Line { number, entry }),
+            Err(error) => {
+                debug!(path = %path.display(), line = number, %error, "skipped a known_hosts line");
+                let hosts = field.and_then(|field| field.parse::<HostPatterns>().ok());
+                self.invalid.push((number, hosts, error.to_string()));
             }
         }
-        Self { lines, invalid }
     }
 
     /// The lines with `marker` (none for plain keys) whose patterns match `host:port`.
@@ -263,6 +288,28 @@ fn lookup_name(host: &str, port: u16) -> String {
     }
 }
 
+/// Whether a line's host field matches `name`; `None` when the field cannot be read as host
+/// patterns. Only a hashed field is decoded: a list of patterns is matched where it stands.
+fn field_matches(field: &str, name: &str) -> Option<bool> {
+    if field.starts_with(HASHED_PREFIX) {
+        let patterns = field.parse::<HostPatterns>().ok()?;
+        return Some(host_matches(&patterns, name));
+    }
+    // As ssh-key splits the list (an empty field is not a list, but never reaches here).
+    let mut matched = false;
+    for pattern in field.split_terminator(',') {
+        match pattern_hit(pattern, name) {
+            Hit::Excluded => return Some(false),
+            Hit::Matched => matched = true,
+            Hit::Missed => {}
+        }
+    }
+    Some(matched)
+}
+
+/// How ssh-key tells a hashed host name from a list of patterns.
+const HASHED_PREFIX: &str = "|1|";
+
 /// OpenSSH's rule: a negated pattern that matches excludes the host, whatever else matches.
 fn host_matches(patterns: &HostPatterns, name: &str) -> bool {
     match patterns {
@@ -272,15 +319,41 @@ fn host_matches(patterns: &HostPatterns, name: &str) -> bool {
         HostPatterns::Patterns(patterns) => {
             let mut matched = false;
             for pattern in patterns {
-                let pattern = pattern.to_ascii_lowercase();
-                match pattern.strip_prefix('!') {
-                    Some(negated) if glob(negated, name) => return false,
-                    Some(_) => {}
-                    None => matched |= glob(&pattern, name),
+                match pattern_hit(pattern, name) {
+                    Hit::Excluded => return false,
+                    Hit::Matched => matched = true,
+                    Hit::Missed => {}
                 }
             }
             matched
         }
+    }
+}
+
+/// What one pattern of a list says of a host.
+enum Hit {
+    Matched,
+    /// A negated pattern matched: the host is excluded.
+    Excluded,
+    Missed,
+}
+
+/// `name` is in lower case; a pattern matches it whatever the pattern's case.
+fn pattern_hit(pattern: &str, name: &str) -> Hit {
+    let (negated, pattern) = match pattern.strip_prefix('!') {
+        Some(pattern) => (true, pattern),
+        None => (false, pattern),
+    };
+    // Most lines name their hosts literally: compared without `glob`'s allocations.
+    let hit = if pattern.contains(['*', '?']) {
+        glob(&pattern.to_ascii_lowercase(), name)
+    } else {
+        pattern.eq_ignore_ascii_case(name)
+    };
+    match (hit, negated) {
+        (false, _) => Hit::Missed,
+        (true, false) => Hit::Matched,
+        (true, true) => Hit::Excluded,
     }
 }
 

@@ -227,3 +227,91 @@ fn a_file_read_for_one_host_keeps_only_its_lines() {
     // The broken line is about router2 only.
     assert_eq!(hosts.invalid_entry("127.0.0.1", 2222), None);
 }
+
+/// A file with every kind of line, CRLF endings on some, for `load` against a full parse.
+fn mixed_file() -> String {
+    format!(
+        "# fleet\r\nRouter1,10.0.0.1 {ED25519}\r\n[127.0.0.1]:2222 {ECDSA}\n\
+         {HASHED} {ED25519}\n{HASHED_PORT} {ECDSA}\n*.lab,!bad.lab {OTHER_ED25519}\n\
+         r?uter9 {ECDSA}\n@revoked bad.lab,10.0.0.1 {OTHER_ED25519}\n\
+         @cert-authority *.lab {CA}\nrouter2 ssh-ed25519 broken\n|1|not-base64|x {ECDSA}\n\
+         \n   spaced.lab    {ED25519}   comment\n"
+    )
+}
+
+#[test]
+fn a_file_loaded_for_one_host_says_what_the_whole_file_says_of_it() {
+    let path = std::env::temp_dir().join(format!("cs-known-hosts-{}", std::process::id()));
+    std::fs::write(&path, mixed_file()).expect("a temporary known_hosts file");
+    let whole = KnownHosts::parse(&path, &mixed_file(), None);
+    let hosts = [
+        ("router1", 22),
+        ("ROUTER1", 22),
+        ("10.0.0.1", 22),
+        ("127.0.0.1", 2222),
+        ("a.lab", 22),
+        ("bad.lab", 22),
+        ("spaced.lab", 22),
+        ("router9", 22),
+        ("router2", 22),
+        ("nowhere", 22),
+    ];
+    for (host, port) in hosts {
+        let loaded = KnownHosts::load(&path, host, port)
+            .expect("readable")
+            .expect("present");
+        for shown in [ED25519, ECDSA, OTHER_ED25519] {
+            assert_eq!(
+                loaded.check_key(host, port, &key(shown)),
+                whole.check_key(host, port, &key(shown)),
+                "{host}:{port} showing {shown}"
+            );
+        }
+        assert_eq!(
+            loaded.recorded_types(host, port),
+            whole.recorded_types(host, port),
+            "{host}:{port}"
+        );
+        assert_eq!(
+            loaded.has_authority(host, port),
+            whole.has_authority(host, port),
+            "{host}:{port}"
+        );
+        assert_eq!(
+            loaded.invalid_entry(host, port),
+            whole.invalid_entry(host, port),
+            "{host}:{port}"
+        );
+    }
+    // Lines are numbered as in the file, CRLF or not, and a literal pattern matches whatever
+    // its case.
+    let router1 = KnownHosts::load(&path, "router1", 22)
+        .expect("readable")
+        .expect("present");
+    assert_eq!(
+        router1.check_key("router1", 22, &key(OTHER_ED25519)),
+        Verdict::Changed { line: 2 }
+    );
+    assert_eq!(
+        router1.check_key("router1", 22, &key(ED25519)),
+        Verdict::Known
+    );
+    let lab = KnownHosts::load(&path, "bad.lab", 22)
+        .expect("readable")
+        .expect("present");
+    assert_eq!(
+        lab.check_key("bad.lab", 22, &key(OTHER_ED25519)),
+        Verdict::Revoked { line: 8 }
+    );
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn a_known_hosts_file_that_is_not_text_cannot_be_read_and_a_missing_one_is_none() {
+    let path = std::env::temp_dir().join(format!("cs-known-hosts-bin-{}", std::process::id()));
+    std::fs::write(&path, b"router1 \xff\xfe\n").expect("a temporary file");
+    let error = KnownHosts::load(&path, "router1", 22).expect_err("not UTF-8");
+    assert!(error.contains(&path.display().to_string()), "{error}");
+    let _ = std::fs::remove_file(&path);
+    assert!(matches!(KnownHosts::load(&path, "router1", 22), Ok(None)));
+}
