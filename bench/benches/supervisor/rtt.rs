@@ -1,5 +1,5 @@
-//! 6. `rtt_fleet` (built with the bench's `metrics` feature): the SSH fleet over a link with a
-//! 20 ms round trip, where loopback's free round trips no longer flatter anyone.
+//! Benchmark 6, `rtt_fleet` (built with the bench's `metrics` feature): the SSH fleet over a
+//! link with a 20 ms round trip, where loopback's free round trips no longer flatter anyone.
 //!
 //! Every device gets the link through `SshTestServer::set_round_trip` (a delay line between
 //! its socket and its SSH session; the kernel here has no netem, see `ssh_server/delay.rs`).
@@ -91,6 +91,9 @@ struct Pass {
     open_durations: Vec<(Duration, f64)>,
 }
 
+/// One host's open (done at, took; none when connecting per command) and command latencies.
+type HostResult = (Option<(Duration, Duration)>, Vec<Duration>);
+
 /// The SSH plugin's connection inside upstream's lock: one command at a time per host.
 struct LockedSsh(Box<dyn Connection>);
 
@@ -155,7 +158,7 @@ async fn pass(lab: Arc<Lab>, variant: Variant, hosts: usize, commands: usize) ->
     }
     let cpu_before = process_cpu_secs();
     let start;
-    let results: Vec<(Option<(Duration, Duration)>, Vec<Duration>)> = match variant {
+    let results: Vec<HostResult> = match variant {
         Variant::Supervisor(opens) => {
             let config = SupervisorConfig::default()
                 .factory(ssh::factory(ssh_options(&lab)))
