@@ -33,6 +33,50 @@ if [[ ${1:-} != --no-run ]]; then
     # --- end SSH at scale --------------------------------------------------------------------
 fi
 
+# ---- begin: bench-latency block (issue 14: 20 ms round-trip fleet, fan-out plot, metrics on/off)
+# The 20 ms fleet needs the library's open samples, so it runs in a build with the bench's
+# `metrics` feature (`rtt_fleet`, writes extras-metrics.json and fanout-rtt.svg). The metrics
+# on/off comparison runs the handle-call pass (BENCH_METRICS_AB) of both builds alternately,
+# AB_ROUNDS times, order swapped every round: one process is one build, and alternating cancels
+# the machine's drift. `--no-run` keeps the last results of both.
+readonly AB_ROUNDS=${AB_ROUNDS:-8}
+readonly FANOUT_PLOT=docs/benchmarks/fanout-rtt.svg
+
+# The path of the bench executable built with `--features "$1"` (empty: the default build).
+bench_exe() {
+    cargo bench -p connection-supervisor-bench ${1:+--features "$1"} --bench supervisor \
+        --no-run --message-format=json 2>/dev/null |
+        python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "supervisor" and m.get("executable"):
+        print(m["executable"])'
+}
+
+if [[ ${1:-} != --no-run ]]; then
+    BENCH_REPORT_DIR=$PWD/$REPORT_DIR cargo bench -p connection-supervisor-bench --features metrics \
+        --bench supervisor -- rtt_fleet 2>&1 | tee "$REPORT_DIR/bench-metrics.log"
+    off=$(bench_exe "")
+    on=$(bench_exe metrics)
+    [[ -x $off && -x $on ]] || {
+        echo "bench-report: could not find both bench executables ($off, $on)" >&2
+        exit 1
+    }
+    rm -f "$REPORT_DIR/metrics-ab.jsonl"
+    for ((round = 0; round < AB_ROUNDS; round++)); do
+        if ((round % 2 == 0)); then pair=("$off" "$on"); else pair=("$on" "$off"); fi
+        for exe in "${pair[@]}"; do
+            BENCH_METRICS_AB=$PWD/$REPORT_DIR/metrics-ab.jsonl "$exe"
+        done
+        echo "bench-report: metrics on/off round $((round + 1))/$AB_ROUNDS done"
+    done
+fi
+if [[ -s $REPORT_DIR/fanout-rtt.svg ]]; then
+    mkdir -p "$(dirname "$FANOUT_PLOT")"
+    cp "$REPORT_DIR/fanout-rtt.svg" "$FANOUT_PLOT"
+fi
+# ---- end: bench-latency block
+
 [[ -s $REPORT_DIR/extras.json ]] || {
     echo "bench-report: no $REPORT_DIR/extras.json; run without --no-run first" >&2
     exit 1
@@ -286,12 +330,101 @@ if close is not None:
     w(f"| `close_all_connections` for all of them | {close:.2f} s | | |")
 w("")
 
+# ---- begin: bench-latency block (issue 14: 20 ms round-trip fleet, fan-out plot, metrics on/off)
+report_dir = os.path.dirname(extras_path)
+metrics_extras = os.path.join(report_dir, "extras-metrics.json")
+rtt = json.load(open(metrics_extras)).get("rtt_fleet") if os.path.exists(metrics_extras) else None
+if rtt:
+    w(f"## 6. The fleet over a {rtt['rtt_ms']:.0f} ms round trip")
+    w("")
+    w(f"Loopback has no round-trip time. Here every device's link delays each byte by half of "
+      f"{rtt['rtt_ms']:.0f} ms in each direction, from the TCP handshake on "
+      "(`SshTestServerConfig::round_trip`: a delay line between the device's socket and its SSH "
+      "session; this kernel has no netem). A pass is a whole fleet run from nothing: every host "
+      f"opened, then its commands (`echo fleet`), at most {rtt['per_host']} in flight per host; "
+      "timed until the last answer. *supervisor*: `open_connection`, then "
+      "`ConnectionHandle::execute_command` (a channel per command, up to 8 at once per "
+      "connection), opens bounded by `max_concurrent_opens` (the default 32, and 256). "
+      "*lock-based baseline*: upstream genja's design (baseline.rs) around the same SSH plugin: "
+      "opens unbounded, and a command holds its host's mutex, so each host runs one at a time. "
+      "*connect per command*: raw russh, connect + log in + exec + disconnect per command, at "
+      f"most {rtt['connect_limit']} at once. The variants' passes alternate, order swapped every "
+      "round; times are the median of the rounds, latencies from the last round; CPU is the "
+      "process's user + system time over each pass, client and devices together (2 cores: at "
+      "most twice the wall time). Built with the "
+      "bench's `metrics` feature (the library records into a small in-process recorder).")
+    w("")
+    for shape in rtt["shapes"]:
+        hosts, cmds, variants = shape["hosts"], shape["commands"], shape["variants"]
+        w(f"**{hosts:,} hosts × {cmds} commands** ({hosts * cmds:,} commands, {shape['rounds']} rounds)")
+        w("")
+        w("| variant | time for all (median) | each round | CPU per round | commands/s | vs lock-based baseline | command p50 | command p99 | open p50 (caller) | open p99 (caller) |")
+        w("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        base = variants.get("lock-based baseline", {}).get("median_secs")
+        for name, v in variants.items():
+            t = v["median_secs"]
+            ratio = fmt_ratio(t / base) if base and name != "lock-based baseline" else ""
+            rounds = ", ".join(f"{x:.2f}" for x in v["secs"])
+            lat, op = v["latency_ms"], v["open_ms"]
+            ms = lambda d, k: f"{d[k]:.0f} ms" if d.get(k) is not None else "-"
+            cpu = ", ".join(f"{x:.2f}" for x in v.get("cpu_secs", [])) or "-"
+            w(f"| {name} | {fmt_time(t * 1e9)} | {rounds} s | {cpu} s | {v['commands_per_sec']:,.0f} | {ratio} | "
+              f"{ms(lat, 'p50')} | {ms(lat, 'p99')} | {ms(op, 'p50')} | {ms(op, 'p99')} |")
+        w("")
+    first = rtt["shapes"][0]
+    w(f"The {first['hosts']:,}-host fan-out as the library records it (`open_slot_wait_seconds`, "
+      "`open_duration_seconds`, last round):")
+    w("")
+    w("| supervisor variant | slot wait p50 | p90 | p99 | max | open (plugin) p50 | p99 | max |")
+    w("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, v in first["variants"].items():
+        sw, od = v["slot_wait_ms"], v["open_duration_ms"]
+        if not sw.get("count"):
+            continue
+        f = lambda d, k: f"{d[k]:.0f} ms" if d.get(k) is not None else "-"
+        w(f"| {name} | {f(sw, 'p50')} | {f(sw, 'p90')} | {f(sw, 'p99')} | {f(sw, 'max')} | "
+          f"{f(od, 'p50')} | {f(od, 'p99')} | {f(od, 'max')} |")
+    w("")
+    if os.path.exists("docs/benchmarks/fanout-rtt.svg"):
+        w("Each open of the fan-out on a timeline (the lock-based baseline's as its caller timed "
+          "it; it has no slots):")
+        w("")
+        w("![open latency and slot wait during the 1,000-host fan-out](benchmarks/fanout-rtt.svg)")
+        w("")
+
+ab_path = os.path.join(report_dir, "metrics-ab.jsonl")
+ab = [json.loads(l) for l in open(ab_path) if l.strip()] if os.path.exists(ab_path) else []
+if len(ab) >= 2:
+    pairs = [(ab[i], ab[i + 1]) for i in range(0, len(ab) - 1, 2)]
+    pairs = [(a, b) if b["metrics"] else (b, a) for a, b in pairs if a["metrics"] != b["metrics"]]
+    w("## 7. Handle calls with metrics on and off")
+    w("")
+    w("The handle-call benchmark (the hot path's handle rows: 1,000 mock keys, through the actor "
+      "and on the direct route of a concurrent plugin) in a build without the library's "
+      "`metrics` feature and in one with it and metrics-exporter-prometheus's recorder installed "
+      "(no HTTP listener; its upkeep run every 5 s, as the exporter's listener does). One process "
+      f"is one build, so the script runs a pass of each alternately, {len(pairs)} pairs, order "
+      "swapped every pair; each pass keeps the median of 21 samples. The ratio is the median of "
+      "the per-pair ratios, which the machine's drift cancels.")
+    w("")
+    w("| call | metrics off (median of passes) | metrics on | on / off (median of pairs; middle 80%) | target: under +10% |")
+    w("| --- | --- | --- | --- | --- |")
+    for case in pairs[0][1]["ns_per_call"]:
+        on = sorted(p[0]["ns_per_call"][case] for p in pairs)
+        off = sorted(p[1]["ns_per_call"][case] for p in pairs)
+        ratios = sorted(p[0]["ns_per_call"][case] / p[1]["ns_per_call"][case] for p in pairs)
+        mid = ratios[len(ratios) // 2]
+        spread = f"{ratios[len(ratios) // 10]:.2f}-{ratios[min(len(ratios) - 1, len(ratios) * 9 // 10)]:.2f}"
+        w(f"| `{case}` | {fmt_time(off[len(off) // 2])} | {fmt_time(on[len(on) // 2])} | "
+          f"{mid:.3f} ({spread}) | {verdict(mid < 1.10)} |")
+    w("")
+# ---- end: bench-latency block
 # --- SSH at scale (bench/benches/ssh_scale.rs; issue 14, item 4) -----------------------------
 ssh_scale_path = os.path.join(os.path.dirname(extras_path), "ssh-scale.json")
 if os.path.exists(ssh_scale_path):
     sc = json.load(open(ssh_scale_path))
     n = sc["devices"]
-    w(f"## SSH at scale: {n:,} devices")
+    w(f"## 8. SSH at scale: {n:,} devices")
     w("")
     w(f"{n:,} embedded SSH devices (`testing::SshTestServer`), each opened (strict host-key check "
       f"against one known_hosts file listing all {n:,}, password login) and running `{sc['command']}` "

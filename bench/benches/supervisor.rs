@@ -9,6 +9,12 @@
 //!    unbounded concurrent raw russh connects.
 //! 4. `reconnect`: every session of 100 devices dropped at once, until all are open again.
 //! 5. `scale`: 100,000 mock connections created and opened.
+//! 6. `rtt_fleet` (`supervisor/rtt.rs`, built with the bench's `metrics` feature only): the
+//!    fleet over a 20 ms round trip, supervisor against the lock-based baseline and
+//!    connecting per command, with the 1,000-host fan-out's slot waits and open times.
+//!
+//! With `BENCH_METRICS_AB=FILE` it runs only the handle-call pass of the metrics on/off
+//! comparison (`supervisor/ab.rs`).
 //!
 //! Besides criterion's own output it writes, to `$BENCH_REPORT_DIR` (default the workspace's
 //! `target/bench-report`): `extras.json` (memory per connection, close time, latency
@@ -18,10 +24,18 @@
 //! Every timing is taken inside a runtime task: calls from outside the runtime (criterion's
 //! `block_on`) would add 10-30 µs of wake-up cost that no real caller pays.
 
+#[path = "supervisor/ab.rs"]
+mod ab;
 #[path = "supervisor/baseline.rs"]
 mod baseline;
 #[path = "supervisor/mock.rs"]
 mod mock;
+#[cfg(feature = "metrics")]
+#[path = "supervisor/rtt.rs"]
+mod rtt;
+#[cfg(feature = "metrics")]
+#[path = "supervisor/samples.rs"]
+mod samples;
 // The raw russh client the library's own tests use (tests/raw_ssh), from the root package.
 #[path = "../../tests/raw_ssh/mod.rs"]
 mod raw_ssh;
@@ -931,7 +945,13 @@ impl Report {
     }
 
     fn write(&self) {
-        let path = self.dir.join("extras.json");
+        // The metrics build runs other groups (rtt_fleet); its figures go beside the main run's.
+        let name = if cfg!(feature = "metrics") {
+            "extras-metrics.json"
+        } else {
+            "extras.json"
+        };
+        let path = self.dir.join(name);
         let text = serde_json::to_string_pretty(&self.extras).expect("json");
         if let Err(error) = std::fs::write(&path, text) {
             eprintln!("could not write {}: {error}", path.display());
@@ -954,20 +974,41 @@ fn selected(name: &str) -> bool {
 }
 
 fn main() {
-    let mut c = Criterion::default().configure_from_args();
     let rt = runtime();
+    if let Some(out) = std::env::var_os("BENCH_METRICS_AB") {
+        ab::run(&rt, Path::new(&out));
+        return;
+    }
+    // Before any supervisor starts: the library takes its metric handles then.
+    #[cfg(feature = "metrics")]
+    if !samples::install() {
+        eprintln!("another metrics recorder was installed first: no open samples");
+    }
+    let mut c = Criterion::default().configure_from_args();
     let mut report = Report::new();
 
     if selected("scale") {
         scale_memory(&rt, &mut report);
     }
     hot_path(&mut c, &rt);
-    if selected("ssh_fleet") || selected("open_fanout") || selected("reconnect") {
+    let rtt_selected = cfg!(feature = "metrics") && selected("rtt_fleet");
+    if selected("ssh_fleet") || selected("open_fanout") || selected("reconnect") || rtt_selected {
         let dir = report.dir.clone();
         let lab = Arc::new(rt.block_on(Lab::start(FANOUT_HOSTS, &dir)));
-        ssh_fleet(&mut c, &rt, &lab, &mut report);
-        open_fanout(&mut c, &rt, &lab);
-        reconnect(&mut c, &rt, &lab);
+        // Each only when selected: their set-up (and the fleet's paired rounds) is not free.
+        if selected("ssh_fleet") {
+            ssh_fleet(&mut c, &rt, &lab, &mut report);
+        }
+        if selected("open_fanout") {
+            open_fanout(&mut c, &rt, &lab);
+        }
+        if selected("reconnect") {
+            reconnect(&mut c, &rt, &lab);
+        }
+        #[cfg(feature = "metrics")]
+        if rtt_selected {
+            rtt::rtt_fleet(&rt, &lab, &mut report);
+        }
     }
     scale(&mut c, &rt);
 

@@ -12,7 +12,8 @@
 //! going away and coming back on the same port with the same host key
 //! ([`SshTestServer::stop`] / [`SshTestServer::restart`]), credentials suddenly refused
 //! ([`SshTestServer::set_reject_auth`]), slow commands and channel opens
-//! ([`SshTestServer::set_latency`], [`SshTestServer::set_channel_open_latency`]) and channels
+//! ([`SshTestServer::set_latency`], [`SshTestServer::set_channel_open_latency`]), a network
+//! link's round-trip time ([`SshTestServer::set_round_trip`]) and channels
 //! refused ([`SshTestServer::set_refuse_channels`],
 //! [`SshTestServerConfig::max_channels`]). It counts what a client leaves behind: open channels
 //! ([`SshTestServer::open_channel_count`]) and running commands
@@ -54,6 +55,7 @@ mod algorithms;
 mod auth;
 mod channels;
 mod cli;
+mod delay;
 mod forward;
 
 pub use algorithms::{ServerAlgorithms, generate_host_key};
@@ -146,6 +148,12 @@ pub struct SshTestServerConfig {
     /// Delay added before every command runs, to imitate a slow device. Adjustable later with
     /// [`SshTestServer::set_latency`].
     pub latency: Duration,
+    /// Round-trip time of the network link the device imitates: every byte in either
+    /// direction, from the TCP handshake on, is delayed by half of it, with many in flight at
+    /// once (see `ssh_server/delay.rs`). Unlike [`Self::latency`], paid on every round trip of
+    /// the SSH handshake and of every command. `Duration::ZERO`, the default, is loopback.
+    /// Adjustable later with [`SshTestServer::set_round_trip`].
+    pub round_trip: Duration,
     /// Start out refusing every login, whatever the credentials. Adjustable later with
     /// [`SshTestServer::set_reject_auth`].
     pub reject_auth: bool,
@@ -176,6 +184,7 @@ impl Default for SshTestServerConfig {
             host_key: None,
             port: 0,
             latency: Duration::ZERO,
+            round_trip: Duration::ZERO,
             reject_auth: false,
             max_channels: None,
             algorithms: ServerAlgorithms::Modern,
@@ -204,6 +213,7 @@ impl fmt::Debug for SshTestServerConfig {
             .field("host_key", &self.host_key.as_ref().map(|_| "<redacted>"))
             .field("port", &self.port)
             .field("latency", &self.latency)
+            .field("round_trip", &self.round_trip)
             .field("reject_auth", &self.reject_auth)
             .field("max_channels", &self.max_channels)
             .field("algorithms", &self.algorithms)
@@ -299,6 +309,7 @@ impl SshTestServer {
             authorized_key: config.authorized_key,
             trusted_user_ca: config.trusted_user_ca,
             latency_nanos: AtomicU64::new(duration_to_nanos(config.latency)),
+            round_trip_nanos: AtomicU64::new(duration_to_nanos(config.round_trip)),
             reject_auth: AtomicBool::new(config.reject_auth),
             auth_attempts: AtomicU64::new(0),
             refuse_channels: AtomicBool::new(false),
@@ -438,6 +449,14 @@ impl SshTestServer {
             .store(duration_to_nanos(latency), Ordering::Relaxed);
     }
 
+    /// Sets the round-trip time of the link (see [`SshTestServerConfig::round_trip`]) for the
+    /// connections accepted from now on; those already open keep theirs.
+    pub fn set_round_trip(&self, round_trip: Duration) {
+        self.shared
+            .round_trip_nanos
+            .store(duration_to_nanos(round_trip), Ordering::Relaxed);
+    }
+
     /// Makes every later channel open fail with `ConnectFailed` (`true`), as it does on a
     /// server whose session limit is reached, or be accepted again (`false`). Channels already
     /// open are unaffected.
@@ -571,6 +590,7 @@ struct Shared {
     authorized_key: Option<PublicKey>,
     trusted_user_ca: Option<PublicKey>,
     latency_nanos: AtomicU64,
+    round_trip_nanos: AtomicU64,
     reject_auth: AtomicBool,
     auth_attempts: AtomicU64,
     refuse_channels: AtomicBool,
@@ -672,6 +692,25 @@ async fn serve_connection(
         channels: Channels::default(),
         conversation: auth::Conversation::default(),
     };
+    let round_trip = Duration::from_nanos(shared.round_trip_nanos.load(Ordering::Relaxed));
+    if round_trip.is_zero() {
+        run_session(ssh_config, stream, handler, peer).await;
+    } else {
+        delay::serve(stream, round_trip, |line| {
+            run_session(ssh_config, line, handler, peer)
+        })
+        .await;
+    }
+}
+
+async fn run_session<S>(
+    ssh_config: Arc<server::Config>,
+    stream: S,
+    handler: SessionHandler,
+    peer: SocketAddr,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     match server::run_stream(ssh_config, stream, handler).await {
         Ok(session) => match session.await {
             Ok(()) => tracing::debug!(%peer, "SSH test session ended"),
