@@ -88,7 +88,7 @@ impl WithJob {
 pub struct Report(pub(crate) ReportKind);
 
 pub(crate) enum ReportKind {
-    /// The factory task for creation `creation` finished.
+    /// The factory call for creation `creation` returned.
     FactoryDone {
         creation: u64,
         key: ConnectionKey,

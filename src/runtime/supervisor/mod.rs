@@ -24,6 +24,7 @@ use crate::runtime::messages::SupervisorMessage;
 use crate::shared::{OpenSlots, PluginCounters};
 use crate::status::{ConnectionState, ConnectionStatus};
 
+mod factories;
 mod limits;
 mod pool;
 mod replace;
@@ -64,6 +65,8 @@ pub struct SupervisorState {
     /// Recent restart times per key, for the restart intensity.
     restarts: HashMap<ConnectionKey, VecDeque<Instant>>,
     events: EventBus,
+    /// Where the factory runs (see `factories.rs`).
+    factories: factories::FactoryRunners,
     open_slots: Arc<OpenSlots>,
     epoch: Instant,
     next_id: u64,
@@ -84,6 +87,7 @@ impl Actor for ConnectionSupervisor {
         Ok(SupervisorState {
             myself,
             events: EventBus::new(config.event_capacity),
+            factories: factories::FactoryRunners::new(),
             open_slots: Arc::new(OpenSlots::new(
                 config.max_concurrent_opens,
                 config.max_handshakes_per_address,

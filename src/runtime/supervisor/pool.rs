@@ -1,26 +1,26 @@
-//! The pool: finding a key's connection, creating it through the factory (on a task of its own,
-//! never on the supervisor's), handing it to every caller that waited for it, and the pool's
+//! The pool: finding a key's connection, creating it through the factory (off the supervisor's
+//! task, see `factories.rs`), handing it to every caller that waited for it, and the pool's
 //! bookkeeping.
 
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use ractor::{Actor, ActorId, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorId, RpcReplyPort};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::{debug, error, warn};
 
-use crate::connection::{Connection, ConnectionFactory, ConnectionKey, ResolvedConnectionParams};
+use crate::connection::{Connection, ConnectionKey, ResolvedConnectionParams};
 use crate::error::{Error, Stage};
 use crate::events::EventKind;
-use crate::guard::{guarded, panic_message};
+use crate::guard::guarded;
 use crate::runtime::connection::{ConnectionActor, ConnectionArgs};
 use crate::runtime::internal::{Report, ReportKind};
 use crate::runtime::messages::{ConnectionHandle, ConnectionMessage, SupervisorMessage};
 use crate::shared::{Activity, Count, Published};
 
 use super::SupervisorState;
+use super::factories::FactoryJob;
 use super::slots::{Creation, Pooled, Quarantine, Queued, Slot, Waiter, answer_all, quarantined};
 
 impl SupervisorState {
@@ -99,13 +99,13 @@ impl SupervisorState {
     pub(super) fn run_factory(&mut self, id: u64, key: &ConnectionKey) -> Option<AbortHandle> {
         let factory = self.config.factory.clone()?;
         let timeouts = self.config.policy_for(&key.plugin_name).timeouts;
-        spawn_factory_task(
-            self.myself.clone(),
+        self.factories.submit(FactoryJob {
+            supervisor: self.myself.clone(),
             factory,
-            id,
-            key.clone(),
-            timeouts.close,
-        );
+            creation: id,
+            key: key.clone(),
+            close_timeout: timeouts.close,
+        });
         let (supervisor, key) = (self.myself.clone(), key.clone());
         let expiry = tokio::spawn(async move {
             tokio::time::sleep(timeouts.open).await;
@@ -373,48 +373,4 @@ impl SupervisorState {
         self.next_id += 1;
         self.next_id
     }
-}
-
-/// Runs the factory off the supervisor's task, so a slow factory holds up only its own key,
-/// and a panicking one only its own callers.
-pub(super) fn spawn_factory_task(
-    supervisor: ActorRef<SupervisorMessage>,
-    factory: Arc<ConnectionFactory>,
-    creation: u64,
-    key: ConnectionKey,
-    close_timeout: std::time::Duration,
-) {
-    tokio::spawn(async move {
-        // The factory is a synchronous closure that may block: it runs on tokio's blocking
-        // pool, never on a worker (on a current-thread runtime it would stall every actor).
-        let made = {
-            let key = key.clone();
-            tokio::task::spawn_blocking(move || {
-                std::panic::catch_unwind(AssertUnwindSafe(|| factory(&key)))
-                    .map_err(|payload| panic_message(payload.as_ref()))
-            })
-            .await
-        };
-        let result = match made {
-            Ok(result) => result,
-            Err(join_error) => Err(format!("the factory task ended: {join_error}")),
-        };
-        let report = ReportKind::FactoryDone {
-            creation,
-            key,
-            result,
-        };
-        if let Err(ractor::MessagingErr::SendErr(SupervisorMessage::Report(Report(
-            ReportKind::FactoryDone {
-                key,
-                result: Ok(Some(mut connection)),
-                ..
-            },
-        )))) = supervisor.cast(SupervisorMessage::Report(Report(report)))
-        {
-            // The supervisor stopped while the factory ran: nobody else will close this one.
-            warn!(%key, "supervisor gone before the connection was pooled; closing it");
-            let _ = tokio::time::timeout(close_timeout, connection.close()).await;
-        }
-    });
 }
