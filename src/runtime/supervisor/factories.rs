@@ -30,7 +30,7 @@ pub(super) struct FactoryJob {
     pub(super) supervisor: ActorRef<SupervisorMessage>,
     pub(super) factory: Arc<ConnectionFactory>,
     pub(super) creation: u64,
-    pub(super) key: ConnectionKey,
+    pub(super) key: Arc<ConnectionKey>,
     pub(super) close_timeout: Duration,
 }
 
