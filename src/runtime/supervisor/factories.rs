@@ -52,6 +52,11 @@ struct FactoryQueue {
     free: usize,
     /// Of those, the ones waiting on `ready`.
     waiting: usize,
+    /// A waiting runner has been woken and has not yet taken the lock: it will drain the
+    /// queue, so creations queued meanwhile need no wake-up of their own. Without this, a
+    /// burst of creations cost a futex wake and a context switch each (half the CPU time of
+    /// 100,000 creations was in the kernel).
+    woken: bool,
 }
 
 impl FactoryRunners {
@@ -74,7 +79,8 @@ impl FactoryRunners {
             queue.free += 1;
             drop(queue);
             self.inner.start_runner();
-        } else if queue.waiting > 0 {
+        } else if queue.waiting > 0 && !queue.woken {
+            queue.woken = true;
             drop(queue);
             self.inner.ready.notify_one();
         }
@@ -119,6 +125,8 @@ impl RunnerShared {
                 .unwrap_or_else(PoisonError::into_inner);
             queue = guard;
             queue.waiting -= 1;
+            // Whoever was woken, this runner now drains the queue before it waits again.
+            queue.woken = false;
             if waited.timed_out() && queue.jobs.is_empty() {
                 queue.free -= 1;
                 return;
