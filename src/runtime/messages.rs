@@ -258,14 +258,14 @@ impl fmt::Debug for ConnectionHandle {
 
 impl ConnectionHandle {
     pub(crate) fn new(
-        key: ConnectionKey,
+        key: Arc<ConnectionKey>,
         actor: ActorRef<ConnectionMessage>,
         lineage: u64,
         timeouts: Timeouts,
         published: watch::Receiver<Published>,
     ) -> Self {
         Self {
-            key: Arc::new(key),
+            key,
             actor,
             lineage,
             timeouts,

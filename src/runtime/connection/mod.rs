@@ -57,9 +57,18 @@ use resources::{Publisher, Timers};
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ConnectionActor;
 
+/// Whether a close is reported to the supervisor: not when the supervisor sent it itself and
+/// has already taken the connection out of its pool (see `close_as` in lifecycle.rs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reporting {
+    Report,
+    FromPool,
+}
+
 /// What the supervisor hands a new connection actor.
 pub struct ConnectionArgs {
-    pub(crate) key: ConnectionKey,
+    /// The creation's key, shared with the supervisor's bookkeeping and the handles.
+    pub(crate) key: Arc<ConnectionKey>,
     pub(crate) connection: Box<dyn Connection>,
     pub(crate) supervisor: ActorRef<SupervisorMessage>,
     pub(crate) policy: ConnectionPolicy,
@@ -133,7 +142,7 @@ impl Actor for ConnectionActor {
         );
         let restart = args.reopen_with.is_some();
         let mut state = ConnectionActorState {
-            key: Arc::new(args.key),
+            key: args.key,
             id: myself.get_id(),
             myself: myself.clone(),
             connection: args.connection,
@@ -362,11 +371,7 @@ impl ConnectionActorState {
                 Ok(())
             }
             ConnectionMessage::Close { reason, reply } => {
-                self.close(reason).await;
-                if let Some(reply) = reply {
-                    let _ = reply.send(());
-                }
-                self.myself.stop(None);
+                self.close_and_stop(reason, reply, Reporting::Report).await;
                 Ok(())
             }
             ConnectionMessage::Internal(Tick(tick)) => self.on_tick(tick).await,

@@ -7,7 +7,6 @@ use ractor::ActorProcessingErr;
 use tokio::task::JoinHandle;
 use tracing::warn;
 
-use crate::connection::ConnectionKey;
 use crate::error::Operation;
 use crate::events::CloseReason;
 use crate::guard::{Outcome, guarded};
@@ -16,8 +15,8 @@ use crate::runtime::messages::ConnectionMessage;
 use crate::shared::OpenFor;
 use crate::status::ConnectionState;
 
-use super::ConnectionActorState;
 use super::resources::Timers;
+use super::{ConnectionActorState, Reporting};
 
 /// How soon an expired connection that was busy is looked at again.
 const BUSY_RECHECK: Duration = Duration::from_secs(1);
@@ -25,6 +24,10 @@ const BUSY_RECHECK: Duration = Duration::from_secs(1);
 impl ConnectionActorState {
     pub(super) async fn on_tick(&mut self, tick: TickKind) -> Result<(), ActorProcessingErr> {
         match tick {
+            TickKind::Close { reason, reply } => {
+                self.close_and_stop(reason, Some(reply), Reporting::FromPool)
+                    .await;
+            }
             TickKind::Lost { generation, reason } => {
                 if generation == self.session && self.status.state == ConnectionState::Open {
                     self.lose(reason);
@@ -63,7 +66,7 @@ impl ConnectionActorState {
                         self.schedule_idle_check(Some(limit));
                     } else if idle >= limit {
                         self.report(ReportKind::Expired {
-                            key: ConnectionKey::clone(&self.key),
+                            key: self.key.clone(),
                             actor: self.id,
                             reason: CloseReason::Idle,
                         });
@@ -85,7 +88,7 @@ impl ConnectionActorState {
                     self.timers.lifetime = Some(self.tick_after(again, TickKind::LifetimeExpired));
                 } else {
                     self.report(ReportKind::Expired {
-                        key: ConnectionKey::clone(&self.key),
+                        key: self.key.clone(),
                         actor: self.id,
                         reason: CloseReason::Lifetime,
                     });

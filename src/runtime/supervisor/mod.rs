@@ -24,6 +24,8 @@ use crate::runtime::messages::SupervisorMessage;
 use crate::shared::{OpenSlots, PluginCounters};
 use crate::status::{ConnectionState, ConnectionStatus};
 
+mod deadlines;
+mod factories;
 mod limits;
 mod pool;
 mod replace;
@@ -50,7 +52,7 @@ pub struct SupervisorState {
     pool: HashMap<ConnectionKey, Slot>,
     /// Every live connection actor (pooled, or closing) and its key, for routing supervision
     /// events; an entry leaves only when its actor has ended.
-    children: HashMap<ActorId, ConnectionKey>,
+    children: HashMap<ActorId, Arc<ConnectionKey>>,
     /// Creations whose key was closed while the factory was still running: whatever the
     /// factory makes is handed to the waiters already queued, then closed at once, so no
     /// connection is ever dropped without `close`.
@@ -64,6 +66,10 @@ pub struct SupervisorState {
     /// Recent restart times per key, for the restart intensity.
     restarts: HashMap<ConnectionKey, VecDeque<Instant>>,
     events: EventBus,
+    /// Where the factory runs (see `factories.rs`).
+    factories: factories::FactoryRunners,
+    /// When each creation under way runs out of time (see `deadlines.rs`).
+    deadlines: deadlines::CreationDeadlines,
     open_slots: Arc<OpenSlots>,
     epoch: Instant,
     next_id: u64,
@@ -84,6 +90,8 @@ impl Actor for ConnectionSupervisor {
         Ok(SupervisorState {
             myself,
             events: EventBus::new(config.event_capacity),
+            factories: factories::FactoryRunners::new(),
+            deadlines: deadlines::CreationDeadlines::default(),
             open_slots: Arc::new(OpenSlots::new(
                 config.max_concurrent_opens,
                 config.max_handshakes_per_address,
@@ -232,7 +240,9 @@ impl SupervisorState {
                 key,
                 result,
             } => {
+                self.deadlines.end(creation);
                 if self.is_replacement(&key, creation) {
+                    let key = Arc::unwrap_or_clone(key);
                     self.replacement_made(creation, key, result).await;
                 } else {
                     self.finish_creation(creation, key, result).await;
@@ -243,11 +253,13 @@ impl SupervisorState {
                     pooled.reopen_with = params;
                 }
             }
-            ReportKind::CreationExpired { creation, key } => {
-                if self.is_replacement(&key, creation) {
-                    self.replacement_expired(creation, key);
-                } else {
-                    self.expire_creation(creation, key);
+            ReportKind::CreationsDue => {
+                for (creation, key) in self.deadlines.take_expired(&self.myself) {
+                    if self.is_replacement(&key, creation) {
+                        self.replacement_expired(creation, Arc::unwrap_or_clone(key));
+                    } else {
+                        self.expire_creation(creation, &key);
+                    }
                 }
             }
             ReportKind::ReplaceProgress {
@@ -266,7 +278,7 @@ impl SupervisorState {
             ReportKind::Expired { key, actor, reason } => {
                 if self.is_pooled(&key, actor) {
                     let (reply, _) = tokio::sync::oneshot::channel();
-                    self.close(key, reply.into(), reason);
+                    self.close(Arc::unwrap_or_clone(key), reply.into(), reason);
                 }
             }
         }

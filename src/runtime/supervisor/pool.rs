@@ -1,26 +1,25 @@
-//! The pool: finding a key's connection, creating it through the factory (on a task of its own,
-//! never on the supervisor's), handing it to every caller that waited for it, and the pool's
+//! The pool: finding a key's connection, creating it through the factory (off the supervisor's
+//! task, see `factories.rs`), handing it to every caller that waited for it, and the pool's
 //! bookkeeping.
 
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use ractor::{Actor, ActorId, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorId, RpcReplyPort};
 use tokio::sync::watch;
-use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::{debug, error, warn};
 
-use crate::connection::{Connection, ConnectionFactory, ConnectionKey, ResolvedConnectionParams};
+use crate::connection::{Connection, ConnectionKey, ResolvedConnectionParams};
 use crate::error::{Error, Stage};
 use crate::events::EventKind;
-use crate::guard::{guarded, panic_message};
+use crate::guard::guarded;
 use crate::runtime::connection::{ConnectionActor, ConnectionArgs};
-use crate::runtime::internal::{Report, ReportKind};
-use crate::runtime::messages::{ConnectionHandle, ConnectionMessage, SupervisorMessage};
+use crate::runtime::internal::{Tick, TickKind};
+use crate::runtime::messages::{ConnectionHandle, ConnectionMessage};
 use crate::shared::{Activity, Count, Published};
 
 use super::SupervisorState;
+use super::factories::FactoryJob;
 use super::slots::{Creation, Pooled, Quarantine, Queued, Slot, Waiter, answer_all, quarantined};
 
 impl SupervisorState {
@@ -75,10 +74,10 @@ impl SupervisorState {
         published: Option<watch::Sender<Published>>,
     ) {
         let id = self.fresh_id();
-        let Some(expiry) = self.run_factory(id, &key) else {
+        if !self.run_factory(id, &Arc::new(key.clone())) {
             answer_all(waiters, || Err(Error::FactoryNotSet));
             return;
-        };
+        }
         self.insert_slot(
             key,
             Slot::Creating(Creation {
@@ -88,47 +87,42 @@ impl SupervisorState {
                 closer: None,
                 reopen_with,
                 published,
-                expiry,
             }),
         );
     }
 
-    /// Starts creation `id` of `key`: the factory on a task of its own, which reports
-    /// `FactoryDone`, and a timer that reports `CreationExpired` after the open timeout.
-    /// `None` when no factory is set.
-    pub(super) fn run_factory(&mut self, id: u64, key: &ConnectionKey) -> Option<AbortHandle> {
-        let factory = self.config.factory.clone()?;
+    /// Starts creation `id` of `key`: the factory on a runner, which reports `FactoryDone`,
+    /// and a deadline after the open timeout (`deadlines.rs`). `false` when no factory is set.
+    pub(super) fn run_factory(&mut self, id: u64, key: &Arc<ConnectionKey>) -> bool {
+        let Some(factory) = self.config.factory.clone() else {
+            return false;
+        };
         let timeouts = self.config.policy_for(&key.plugin_name).timeouts;
-        spawn_factory_task(
-            self.myself.clone(),
+        self.factories.submit(FactoryJob {
+            supervisor: self.myself.clone(),
             factory,
-            id,
-            key.clone(),
-            timeouts.close,
-        );
-        let (supervisor, key) = (self.myself.clone(), key.clone());
-        let expiry = tokio::spawn(async move {
-            tokio::time::sleep(timeouts.open).await;
-            let expired = ReportKind::CreationExpired { creation: id, key };
-            let _ = supervisor.cast(SupervisorMessage::Report(Report(expired)));
+            creation: id,
+            key: key.clone(),
+            close_timeout: timeouts.close,
         });
-        Some(expiry.abort_handle())
+        self.deadlines
+            .start(&self.myself, id, key.clone(), timeouts.open);
+        true
     }
 
     pub(super) async fn finish_creation(
         &mut self,
         id: u64,
-        key: ConnectionKey,
+        shared_key: Arc<ConnectionKey>,
         result: Result<Option<Box<dyn Connection>>, String>,
     ) {
-        let Some(creation) = self.take_creation(id, &key) else {
+        let Some((key, creation)) = self.take_creation(id, &shared_key) else {
             // Its creation expired: nobody waits for this connection any more.
             if let Ok(Some(connection)) = result {
-                self.close_unpooled(key, connection);
+                self.close_unpooled(Arc::unwrap_or_clone(shared_key), connection);
             }
             return;
         };
-        creation.expiry.abort();
         let Creation {
             lineage,
             waiters,
@@ -160,7 +154,7 @@ impl SupervisorState {
         let published_tx = published.unwrap_or_else(|| watch::channel(Published::new()).0);
         let (handle, activity) = match self
             .spawn_connection(
-                &key,
+                &shared_key,
                 connection,
                 lineage,
                 reopen_with.clone(),
@@ -179,10 +173,14 @@ impl SupervisorState {
         }
         match closer {
             Some((closer, reason)) => {
-                let _ = handle.actor().cast(ConnectionMessage::Close {
+                // Never pooled: nothing for the actor to report back.
+                let close = TickKind::Close {
                     reason,
-                    reply: Some(closer),
-                });
+                    reply: closer,
+                };
+                let _ = handle
+                    .actor()
+                    .cast(ConnectionMessage::Internal(Tick(close)));
             }
             None => {
                 self.insert_slot(
@@ -201,7 +199,7 @@ impl SupervisorState {
     /// Counts a connection the factory made and spawns its actor on the lineage's channel.
     pub(super) async fn spawn_connection(
         &mut self,
-        key: &ConnectionKey,
+        key: &Arc<ConnectionKey>,
         connection: Box<dyn Connection>,
         lineage: u64,
         reopen_with: Option<ResolvedConnectionParams>,
@@ -235,7 +233,7 @@ impl SupervisorState {
                 // opened) went down with the failed spawn.
                 error!(%key, %spawn_error, "could not start a connection actor");
                 return Err(Error::Spawn {
-                    key: Some(key.clone()),
+                    key: Some(ConnectionKey::clone(key)),
                     message: spawn_error.to_string(),
                 });
             }
@@ -246,24 +244,25 @@ impl SupervisorState {
     }
 
     /// Takes creation `id` of `key` out of the pool, or out of the orphans if the key was
-    /// closed while it ran; `None` once it has ended (finished or expired).
-    fn take_creation(&mut self, id: u64, key: &ConnectionKey) -> Option<Creation> {
+    /// closed while it ran, with the key it was held under; `None` once it has ended (finished
+    /// or expired).
+    fn take_creation(&mut self, id: u64, key: &ConnectionKey) -> Option<(ConnectionKey, Creation)> {
         let current = matches!(self.pool.get(key), Some(Slot::Creating(c)) if c.id == id);
         if current {
-            match self.take_slot(key) {
-                Some(Slot::Creating(creation)) => Some(creation),
+            match self.take_entry(key) {
+                Some((key, Slot::Creating(creation))) => Some((key, creation)),
                 _ => None,
             }
         } else {
-            self.orphans.remove(&id).map(|(_, creation)| creation)
+            self.orphans.remove(&id)
         }
     }
 
     /// A creation whose factory did not return within the open timeout: its waiters get a
     /// timeout naming the factory, a close waiting on it is answered, and the key is free for a
     /// new creation. What the factory returns later is closed (`finish_creation`).
-    pub(super) fn expire_creation(&mut self, id: u64, key: ConnectionKey) {
-        let Some(creation) = self.take_creation(id, &key) else {
+    pub(super) fn expire_creation(&mut self, id: u64, key: &ConnectionKey) {
+        let Some((key, creation)) = self.take_creation(id, key) else {
             return;
         };
         let after = self.config.policy_for(&key.plugin_name).timeouts.open;
@@ -345,18 +344,26 @@ impl SupervisorState {
     pub(super) fn insert_slot(&mut self, key: ConnectionKey, slot: Slot) {
         if slot.holds_a_connection() {
             self.pooled += 1;
-            *self
-                .pooled_per_plugin
-                .entry(key.plugin_name.clone())
-                .or_default() += 1;
+            // Looked up before inserting: `entry` would clone the plugin name every time.
+            match self.pooled_per_plugin.get_mut(&key.plugin_name) {
+                Some(count) => *count += 1,
+                None => {
+                    self.pooled_per_plugin.insert(key.plugin_name.clone(), 1);
+                }
+            }
         }
         self.pool.insert(key, slot);
     }
 
     pub(super) fn take_slot(&mut self, key: &ConnectionKey) -> Option<Slot> {
-        let slot = self.pool.remove(key)?;
-        self.uncount(key, &slot);
-        Some(slot)
+        self.take_entry(key).map(|(_, slot)| slot)
+    }
+
+    /// Like `take_slot`, with the key the pool held it under, to be reused rather than cloned.
+    pub(super) fn take_entry(&mut self, key: &ConnectionKey) -> Option<(ConnectionKey, Slot)> {
+        let (key, slot) = self.pool.remove_entry(key)?;
+        self.uncount(&key, &slot);
+        Some((key, slot))
     }
 
     /// Takes `slot`, just removed from the pool, out of the counts the limits read.
@@ -373,48 +380,4 @@ impl SupervisorState {
         self.next_id += 1;
         self.next_id
     }
-}
-
-/// Runs the factory off the supervisor's task, so a slow factory holds up only its own key,
-/// and a panicking one only its own callers.
-pub(super) fn spawn_factory_task(
-    supervisor: ActorRef<SupervisorMessage>,
-    factory: Arc<ConnectionFactory>,
-    creation: u64,
-    key: ConnectionKey,
-    close_timeout: std::time::Duration,
-) {
-    tokio::spawn(async move {
-        // The factory is a synchronous closure that may block: it runs on tokio's blocking
-        // pool, never on a worker (on a current-thread runtime it would stall every actor).
-        let made = {
-            let key = key.clone();
-            tokio::task::spawn_blocking(move || {
-                std::panic::catch_unwind(AssertUnwindSafe(|| factory(&key)))
-                    .map_err(|payload| panic_message(payload.as_ref()))
-            })
-            .await
-        };
-        let result = match made {
-            Ok(result) => result,
-            Err(join_error) => Err(format!("the factory task ended: {join_error}")),
-        };
-        let report = ReportKind::FactoryDone {
-            creation,
-            key,
-            result,
-        };
-        if let Err(ractor::MessagingErr::SendErr(SupervisorMessage::Report(Report(
-            ReportKind::FactoryDone {
-                key,
-                result: Ok(Some(mut connection)),
-                ..
-            },
-        )))) = supervisor.cast(SupervisorMessage::Report(Report(report)))
-        {
-            // The supervisor stopped while the factory ran: nobody else will close this one.
-            warn!(%key, "supervisor gone before the connection was pooled; closing it");
-            let _ = tokio::time::timeout(close_timeout, connection.close()).await;
-        }
-    });
 }

@@ -9,6 +9,8 @@
 //! instance follow to it; the old actor leaves requests it is sent after its close unanswered
 //! (never taken), so the handles send them again to the new one.
 
+use std::sync::Arc;
+
 use ractor::{ActorRef, RpcReplyPort};
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, warn};
@@ -112,18 +114,20 @@ impl SupervisorState {
     pub(super) fn is_replacement(&self, key: &ConnectionKey, id: u64) -> bool {
         matches!(
             self.pool.get(key),
-            Some(Slot::Replacing(r)) if r.id == id && matches!(r.phase, Phase::Creating(_))
+            Some(Slot::Replacing(r)) if r.id == id && matches!(r.phase, Phase::Creating)
         )
     }
 
     fn replacement_create(&mut self, id: u64, key: &ConnectionKey) {
-        let expiry = self.run_factory(id, key);
+        let started = self.run_factory(id, &Arc::new(key.clone()));
         let Some(replacement) = self.pool.get_mut(key).and_then(Slot::replacing) else {
+            self.deadlines.end(id);
             return;
         };
-        match expiry {
-            Some(expiry) => replacement.phase = Phase::Creating(expiry),
-            None => self.end_replacement(key, Err(Error::FactoryNotSet)),
+        if started {
+            replacement.phase = Phase::Creating;
+        } else {
+            self.end_replacement(key, Err(Error::FactoryNotSet));
         }
     }
 
@@ -138,9 +142,6 @@ impl SupervisorState {
         let Some(Slot::Replacing(mut replacement)) = self.take_slot(&key) else {
             return;
         };
-        if let Phase::Creating(expiry) = &replacement.phase {
-            expiry.abort();
-        }
         let connection = match result {
             Ok(Some(connection)) => connection,
             Ok(None) => {
@@ -161,7 +162,7 @@ impl SupervisorState {
         }
         let spawned = self
             .spawn_connection(
-                &key,
+                &Arc::new(key.clone()),
                 connection,
                 replacement.lineage,
                 None,
@@ -280,6 +281,7 @@ impl SupervisorState {
         reason: CloseReason,
     ) {
         let Replacement {
+            id,
             reply: caller,
             queued,
             phase,
@@ -304,8 +306,8 @@ impl SupervisorState {
                     reply: Some(reply),
                 });
             }
-            Phase::Creating(expiry) => {
-                expiry.abort();
+            Phase::Creating => {
+                self.deadlines.end(id);
                 let _ = reply.send(());
             }
             Phase::ClosingOld => {
@@ -317,8 +319,8 @@ impl SupervisorState {
     /// Ends the replacement under way for `key` with `answer`, leaving the key empty.
     fn end_replacement(&mut self, key: &ConnectionKey, answer: GetOrCreateReply) {
         if let Some(Slot::Replacing(replacement)) = self.take_slot(key) {
-            if let Phase::Creating(expiry) = &replacement.phase {
-                expiry.abort();
+            if let Phase::Creating = replacement.phase {
+                self.deadlines.end(replacement.id);
             }
             self.finish(key.clone(), replacement, answer);
         }

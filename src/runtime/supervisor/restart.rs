@@ -1,6 +1,8 @@
 //! Crashes: a pooled connection actor that failed is restarted with a fresh instance (reopened if
 //! it was open) within the restart intensity, or its key is quarantined.
 
+use std::sync::Arc;
+
 use ractor::ActorId;
 use tokio::time::Instant;
 use tracing::{error, warn};
@@ -35,6 +37,7 @@ impl SupervisorState {
         }
         let policy = self.config.restart;
         let now = Instant::now();
+        let key = Arc::unwrap_or_clone(key);
         let history = self.restarts.entry(key.clone()).or_default();
         history.push_back(now);
         while history

@@ -7,6 +7,7 @@ use tracing::warn;
 use crate::connection::ConnectionKey;
 use crate::error::{Error, Operation, Stage};
 use crate::events::CloseReason;
+use crate::runtime::internal::{Tick, TickKind};
 use crate::runtime::messages::ConnectionMessage;
 
 use super::SupervisorState;
@@ -51,10 +52,11 @@ impl SupervisorState {
             Slot::Ready(pooled) => {
                 // If the actor is already gone the reply port is dropped with the message and
                 // the caller learns the connection is gone, which is what it asked for.
-                let _ = pooled.handle.actor().cast(ConnectionMessage::Close {
-                    reason,
-                    reply: Some(reply),
-                });
+                let close = TickKind::Close { reason, reply };
+                let _ = pooled
+                    .handle
+                    .actor()
+                    .cast(ConnectionMessage::Internal(Tick(close)));
             }
             Slot::Creating(mut creation) => {
                 creation.closer = Some((reply, reason));

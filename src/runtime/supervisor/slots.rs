@@ -6,7 +6,6 @@ use std::time::SystemTime;
 
 use ractor::RpcReplyPort;
 use tokio::sync::watch;
-use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::connection::{ConnectionKey, FailureKind, ResolvedConnectionParams};
@@ -40,8 +39,9 @@ pub(super) struct Replacement {
 
 pub(super) enum Phase {
     ClosingOld,
-    /// The factory runs; the timer ends the step if it outlives the open timeout.
-    Creating(AbortHandle),
+    /// The factory runs; its deadline (`deadlines.rs`) ends the step if it outlives the open
+    /// timeout.
+    Creating,
     /// The new instance's actor runs and opens it.
     Opening(Box<Pooled>),
 }
@@ -63,8 +63,6 @@ pub(super) struct Creation {
     pub(super) reopen_with: Option<ResolvedConnectionParams>,
     /// A restart: the lineage's channel, so handles made before the crash see the successor.
     pub(super) published: Option<watch::Sender<Published>>,
-    /// The timer that ends the creation if the factory takes longer than the open timeout.
-    pub(super) expiry: AbortHandle,
 }
 
 /// A caller waiting for a connection: for its handle, or for it to be open.
