@@ -78,6 +78,9 @@ pub struct NodeConfig {
     /// How long a new owner waits for the previous owner to close a key (the handover) before
     /// it opens the key anyway.
     pub release_timeout: Duration,
+    /// Keys this node opens at once when their owner leaves and it becomes their owner (its
+    /// inventory's keys, say), instead of at their next request. Empty: none.
+    pub takeover_keys: Vec<ConnectionKey>,
 }
 
 impl NodeConfig {
@@ -91,6 +94,7 @@ impl NodeConfig {
             role: Role::Member,
             join_timeout: Duration::from_secs(10),
             release_timeout: Duration::from_secs(5),
+            takeover_keys: Vec::new(),
         }
     }
 

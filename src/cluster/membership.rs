@@ -19,6 +19,7 @@ pub const CLIENT_PREFIX: &str = "client:";
 
 /// Something that happened to the cluster, as seen by one node.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ClusterEvent {
     /// A peer (member or client) authenticated and finished its handshake.
     PeerUp {
@@ -29,6 +30,17 @@ pub enum ClusterEvent {
     PeerDown {
         /// Its wire name.
         name: String,
+    },
+    /// This node opened the keys it took over from members that left.
+    TookOver {
+        /// The members that left.
+        from: Vec<String>,
+        /// Keys opened (or tried).
+        keys: usize,
+        /// Of them, the opens that failed.
+        failed: usize,
+        /// From the membership change to the last open.
+        elapsed: std::time::Duration,
     },
     /// A session closed before it authenticated: a wrong cookie, or not a node of this
     /// cluster. Nothing it sent was run.
@@ -88,6 +100,10 @@ impl Membership {
 
     pub(crate) fn events(&self) -> broadcast::Receiver<ClusterEvent> {
         self.events.subscribe()
+    }
+
+    pub(crate) fn publish(&self, event: ClusterEvent) {
+        let _ = self.events.send(event);
     }
 
     /// Whether `name` is this node or an authenticated peer.

@@ -94,6 +94,7 @@ impl ClusterNode {
             open: Mutex::new(HashSet::new()),
             counters: ShardStats::default(),
             release_timeout: config.release_timeout,
+            takeover_keys: config.takeover_keys.clone(),
             shard: std::sync::OnceLock::new(),
         });
         let shard = if config.role == Role::Member {

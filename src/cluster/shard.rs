@@ -11,7 +11,9 @@ use tokio::sync::watch;
 
 use super::config::Resolver;
 use super::hrw;
-use super::membership::Membership;
+use futures::StreamExt;
+
+use super::membership::{ClusterEvent, Membership};
 use super::wire::{FailureKind, NodeCounters, Operation, Reply, Request, ShardMessage, WireKey};
 use crate::{CommandError, ConnectionKey, ConnectionManager, Error};
 
@@ -19,6 +21,10 @@ use crate::{CommandError, ConnectionKey, ConnectionManager, Error};
 /// changes wake it at once; this only bounds the wait when an owner is known but its shard
 /// actor is not visible yet (process groups are exchanged just after authentication).
 const RETRY_STEP: Duration = Duration::from_millis(20);
+/// The bound on opening one taken-over key.
+const TAKEOVER_BUDGET: Duration = Duration::from_secs(60);
+/// Taken-over keys opened at once.
+const TAKEOVER_PARALLEL: usize = 32;
 
 /// The process group of a member's shard actor.
 fn shard_group(member: &str) -> String {
@@ -51,6 +57,8 @@ pub(super) struct Core {
     pub(super) open: Mutex<HashSet<ConnectionKey>>,
     pub(super) counters: ShardStats,
     pub(super) release_timeout: Duration,
+    /// Keys this node opens when it becomes their owner because their owner left.
+    pub(super) takeover_keys: Vec<ConnectionKey>,
     pub(super) shard: std::sync::OnceLock<ActorRef<ShardMessage>>,
 }
 
@@ -457,12 +465,66 @@ impl Actor for Shard {
 }
 
 /// On every membership change, closes the keys that moved to another member.
+/// When a member leaves, opens at once the keys of `takeover_keys` it owned and we own now,
+/// instead of waiting for their next request: the failover.
 pub(super) async fn sweep_on_change(core: Arc<Core>) {
     let mut members = core.membership.watch();
+    let mut before = members.borrow_and_update().clone();
     while members.changed().await.is_ok() {
         let set = members.borrow_and_update().clone();
         core.sweep(&set).await;
+        let left: Vec<String> = before.difference(&set).cloned().collect();
+        if !left.is_empty() && core.manager.is_some() {
+            tokio::spawn(take_over(core.clone(), before.clone(), set.clone(), left));
+        }
+        before = set;
     }
+}
+
+/// Opens the keys that moved to us from the members in `left`, a few at a time.
+async fn take_over(
+    core: Arc<Core>,
+    before: BTreeSet<String>,
+    now: BTreeSet<String>,
+    left: Vec<String>,
+) {
+    let started = Instant::now();
+    let ours: Vec<WireKey> = core
+        .takeover_keys
+        .iter()
+        .map(WireKey::from)
+        .filter(|key| {
+            Core::owner_in(&before, key).is_some_and(|old| left.contains(&old))
+                && Core::owner_in(&now, key).as_deref() == Some(core.name.as_str())
+        })
+        .collect();
+    let count = ours.len();
+    let opens = futures::stream::iter(ours).map(|key| {
+        let core = core.clone();
+        async move {
+            let request = Request {
+                from: core.name.clone(),
+                key,
+                operation: Operation::Open,
+                budget_ms: TAKEOVER_BUDGET.as_millis() as u64,
+                forwarded: true,
+            };
+            core.route(request).await
+        }
+    });
+    let failed = opens
+        .buffer_unordered(TAKEOVER_PARALLEL)
+        .filter(|reply| std::future::ready(matches!(reply, Reply::Failed { .. })))
+        .count()
+        .await;
+    let event = ClusterEvent::TookOver {
+        from: left,
+        keys: count,
+        failed,
+        elapsed: started.elapsed(),
+    };
+    tracing::info!(node = %core.name, ?event, "takeover done");
+    core.membership.publish(event);
 }
 
 /// A client's shard actor: it serves only its own node's requests (never joins a group).
