@@ -203,26 +203,16 @@ async fn three_nodes_share_the_keys_fail_over_take_back_and_refuse_strangers() {
         .expect("device");
         devices.push(device);
     }
-    let known_hosts = dir.join("known_hosts");
-    write_known_hosts(&known_hosts, &devices).expect("known_hosts");
-    let mut inventory = format!(
-        "[defaults]\nuser = \"{DEFAULT_USERNAME}\"\npassword = \"{DEFAULT_PASSWORD}\"\n\
-         known_hosts = \"{}\"\nssh_config = \"none\"\n",
-        known_hosts.display()
-    );
-    for (index, device) in devices.iter().enumerate() {
-        inventory.push_str(&format!(
-            "\n[[hosts]]\nname = \"dev{index:03}\"\nhost = \"127.0.0.1\"\nport = {}\n",
-            device.port()
-        ));
-    }
-    std::fs::write(dir.join("inventory.toml"), inventory).expect("inventory");
-    std::fs::write(dir.join("cookie"), COOKIE).expect("cookie");
+    write_inventory(&dir, &devices);
 
     // Three nodes; the second and third join the first and find each other through it.
     let first = NodeProcess::start(&dir, "n1", free_addr(), None);
     first.wait_line("listening line", |l| l.contains("listening on"));
+    // One after the other: a node finds its peers' peers when it joins (ractor_cluster's
+    // transitive mode), so two nodes joining the first at the same instant may miss each other
+    // (the README says so).
     let second = NodeProcess::start(&dir, "n2", free_addr(), Some(first.addr));
+    second.wait_members(2);
     let third = NodeProcess::start(&dir, "n3", free_addr(), Some(first.addr));
     for node in [&first, &second, &third] {
         node.wait_members(3);
@@ -256,18 +246,21 @@ async fn three_nodes_share_the_keys_fail_over_take_back_and_refuse_strangers() {
         .iter()
         .map(SshTestServer::channels_opened)
         .sum::<u64>();
-    let running = tokio::spawn(job(dir.clone(), second.addr, COOKIE, 4));
+    let running = tokio::spawn(job(dir.clone(), second.addr, COOKIE, 3));
     let end = Instant::now() + WAIT;
     let mut tick = tokio::time::interval(Duration::from_millis(10));
+    // Until the job is under way (or already over: its output then says why).
     while devices
         .iter()
         .map(SshTestServer::channels_opened)
         .sum::<u64>()
-        < before + 1_000
+        < before + 200
+        && !running.is_finished()
     {
         assert!(Instant::now() < end, "the job did not get going");
         tick.tick().await;
     }
+    assert!(!running.is_finished(), "the job ended before the kill");
     let mut third = third;
     let _ = third.child.kill();
     let _ = third.child.wait();
@@ -336,4 +329,130 @@ async fn three_nodes_share_the_keys_fail_over_take_back_and_refuse_strangers() {
         );
     }
     drop((first, second, third));
+}
+
+/// Writes an inventory of `devices` and the cookie into `dir`.
+fn write_inventory(dir: &Path, devices: &[SshTestServer]) {
+    let known_hosts = dir.join("known_hosts");
+    write_known_hosts(&known_hosts, devices).expect("known_hosts");
+    let mut inventory = format!(
+        "[defaults]\nuser = \"{DEFAULT_USERNAME}\"\npassword = \"{DEFAULT_PASSWORD}\"\n\
+         known_hosts = \"{}\"\nssh_config = \"none\"\n",
+        known_hosts.display()
+    );
+    for (index, device) in devices.iter().enumerate() {
+        inventory.push_str(&format!(
+            "\n[[hosts]]\nname = \"dev{index:03}\"\nhost = \"127.0.0.1\"\nport = {}\n",
+            device.port()
+        ));
+    }
+    std::fs::write(dir.join("inventory.toml"), inventory).expect("inventory");
+    std::fs::write(dir.join("cookie"), COOKIE).expect("cookie");
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// The benchmark of issue 15 (not a test: `cargo test -p fleet --features cluster --test
+/// cluster -- --ignored --nocapture`): per-command latency through the entry node for keys it
+/// owns (local) and keys another node owns (one more hop), then failover after kill -9 of a
+/// node: detection (kill to the survivors' "peer down") and the takeover of its keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: prints figures"]
+async fn bench_routing_and_failover() {
+    use connection_supervisor::cluster::hrw;
+    const HOSTS: usize = 150;
+    let dir = scratch("bench");
+    let mut devices = Vec::with_capacity(HOSTS);
+    for index in 0..HOSTS {
+        let config = SshTestServerConfig {
+            hostname: format!("dev{index:03}"),
+            ..SshTestServerConfig::default()
+        };
+        devices.push(SshTestServer::start(config).await.expect("device"));
+    }
+    write_inventory(&dir, &devices);
+    let first = NodeProcess::start(&dir, "n1", free_addr(), None);
+    first.wait_line("listening line", |l| l.contains("listening on"));
+    let second = NodeProcess::start(&dir, "n2", free_addr(), Some(first.addr));
+    second.wait_members(2);
+    let mut third = NodeProcess::start(&dir, "n3", free_addr(), Some(first.addr));
+    for node in [&first, &second, &third] {
+        node.wait_members(3);
+    }
+    // Open every key, then time sequential commands (one in flight: no queueing).
+    let out = job(dir.clone(), first.addr, COOKIE, 1).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    let results = dir.join("results.jsonl");
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleet"));
+    command
+        .kill_on_drop(true)
+        .args([
+            "--cluster",
+            &first.addr.to_string(),
+            "--commands",
+            "hostname",
+        ])
+        .args(["--rounds", "10", "--concurrency", "1", "--output"])
+        .arg(&results)
+        .arg("--cookie-file")
+        .arg(dir.join("cookie"))
+        .arg("--inventory")
+        .arg(dir.join("inventory.toml"));
+    let out = tokio::time::timeout(JOB_WAIT, command.output())
+        .await
+        .expect("the timed job ends")
+        .expect("the fleet output");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    let members = ["node:n1", "node:n2", "node:n3"];
+    let (mut local, mut remote) = (Vec::new(), Vec::new());
+    for line in std::fs::read_to_string(&results).expect("results").lines() {
+        let record: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+        let host = record["host"].as_str().unwrap_or_default();
+        let ms = record["duration_ms"].as_f64().unwrap_or(f64::NAN);
+        match hrw::owner(&format!("{host}\u{0}ssh"), members) {
+            Some("node:n1") => local.push(ms),
+            _ => remote.push(ms),
+        }
+    }
+    println!(
+        "routing: entry node owns the key: p50 {:.2} ms ({} commands); another node owns it: p50 {:.2} ms ({} commands)",
+        median(local.clone()),
+        local.len(),
+        median(remote.clone()),
+        remote.len()
+    );
+    // Failover: kill -9 of the third node.
+    let moved = (0..HOSTS)
+        .filter(|i| hrw::owner(&format!("dev{i:03}\u{0}ssh"), members) == Some("node:n3"))
+        .count();
+    let killed = Instant::now();
+    let _ = third.child.kill();
+    let _ = third.child.wait();
+    for node in [&first, &second] {
+        node.wait_line("peer down", |l| l.starts_with("peer down node:n3"));
+        println!(
+            "failover: {} saw node:n3 down {:.1} ms after the kill",
+            node.name,
+            killed.elapsed().as_secs_f64() * 1e3
+        );
+    }
+    for node in [&first, &second] {
+        node.wait_line("takeover", |l| l.starts_with("took over"));
+        let line = node
+            .log_text()
+            .lines()
+            .rfind(|l| l.starts_with("took over"))
+            .map(str::to_owned);
+        println!(
+            "failover: {} done {:.1} ms after the kill: {}",
+            node.name,
+            killed.elapsed().as_secs_f64() * 1e3,
+            line.unwrap_or_default()
+        );
+    }
+    println!("failover: node:n3 owned {moved} of {HOSTS} keys");
+    drop(third);
 }

@@ -92,7 +92,7 @@ impl NodeConfig {
             cookie,
             join: Vec::new(),
             role: Role::Member,
-            join_timeout: Duration::from_secs(10),
+            join_timeout: Duration::from_secs(30),
             release_timeout: Duration::from_secs(5),
             takeover_keys: Vec::new(),
         }
