@@ -85,6 +85,8 @@
 #![deny(missing_docs, missing_debug_implementations)]
 
 mod client;
+#[cfg(feature = "cluster")]
+pub mod cluster;
 mod config;
 pub mod connection;
 mod deadline;

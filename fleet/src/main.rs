@@ -29,6 +29,8 @@
 //! end; 1 otherwise; 2 when the job could not run at all (bad flags, a bad inventory file, a
 //! device that would not start), with one line on stderr saying why.
 
+#[cfg(feature = "cluster")]
+mod cluster;
 mod genja_inventory;
 
 use std::collections::HashMap;
@@ -124,6 +126,9 @@ struct Cli {
     /// the whole run (e.g. 127.0.0.1:9898).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
+    #[cfg(feature = "cluster")]
+    #[command(flatten)]
+    cluster: cluster::ClusterArgs,
 }
 
 /// Whether the plugin runs `target`'s commands in a shell session, one at a time.
@@ -358,6 +363,10 @@ async fn run(cli: Cli) -> Result<bool, String> {
     if commands.is_empty() {
         return Err("--commands: no command given".into());
     }
+    #[cfg(feature = "cluster")]
+    if let Some(entry) = cli.cluster.cluster {
+        return cluster::run_job(&cli, commands, entry).await;
+    }
 
     let (lab, targets, host_keys, ssh_config) = match &cli.inventory {
         Some(path) => {
@@ -568,6 +577,10 @@ async fn run(cli: Cli) -> Result<bool, String> {
 }
 
 fn main() -> ExitCode {
+    #[cfg(feature = "cluster")]
+    if std::env::args().nth(1).as_deref() == Some("node") {
+        return cluster::node_main(std::env::args().skip(1));
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => {
