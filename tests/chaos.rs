@@ -59,9 +59,13 @@ async fn chaos_keeps_every_promise() {
     let metrics = tokio::runtime::Handle::current().metrics();
     let baseline_tasks = metrics.num_alive_tasks();
 
+    // The request bound is what the supervisor's own answers are held to, and the test fails
+    // any of them that times out. 800 ms was once exceeded by a get_or_create on a 2-core machine
+    // running three clusters of node processes beside this test: scheduling, not a hang. Hangs
+    // are what this test is about, and the call bound below catches them at any request bound.
     let timeouts = Timeouts::default()
         .open(Duration::from_millis(800))
-        .request(Duration::from_millis(800))
+        .request(Duration::from_secs(2))
         .close(Duration::from_millis(300));
     let policy = ConnectionPolicy::default()
         .timeouts(timeouts)
