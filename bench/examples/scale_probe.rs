@@ -5,13 +5,14 @@
 //!
 //! ```text
 //! cargo run --release -p connection-supervisor-bench --example scale_probe [-- N [shutdown]]
+//! cargo run --release -p connection-supervisor-bench --features jemalloc --example scale_probe
 //! ```
 //!
 //! Every run is a first pass: nothing else has run in the process, as for a fleet tool that
 //! starts, opens its inventory and exits. The criterion benchmark (`scale` in
 //! benches/supervisor.rs) repeats the creation in one process and so measures a warm one.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -22,38 +23,45 @@ use connection_supervisor::{
     SupervisorConfig,
 };
 
-/// The system allocator, counting calls: allocations are what a connection costs most.
+/// The allocator underneath: the system's (glibc's), or with the `jemalloc` feature jemalloc,
+/// the one docs/benchmarks-analysis.md recommends for programs holding 100k connections.
+#[cfg(not(feature = "jemalloc"))]
+static INNER: std::alloc::System = std::alloc::System;
+#[cfg(feature = "jemalloc")]
+static INNER: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// The allocator underneath, counting calls: allocations are what a connection costs most.
 struct Counting;
 
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 static BYTES: AtomicU64 = AtomicU64::new(0);
 
-// SAFETY: every call is passed on unchanged to the system allocator.
+// SAFETY: every call is passed on unchanged to the allocator underneath.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         BYTES.fetch_add(layout.size() as u64, Ordering::Relaxed);
         // SAFETY: the caller's contract is passed on.
-        unsafe { System.alloc(layout) }
+        unsafe { INNER.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: the caller's contract is passed on.
-        unsafe { System.dealloc(ptr, layout) }
+        unsafe { INNER.dealloc(ptr, layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         BYTES.fetch_add(layout.size() as u64, Ordering::Relaxed);
         // SAFETY: the caller's contract is passed on.
-        unsafe { System.alloc_zeroed(layout) }
+        unsafe { INNER.alloc_zeroed(layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         BYTES.fetch_add(new_size as u64, Ordering::Relaxed);
         // SAFETY: the caller's contract is passed on.
-        unsafe { System.realloc(ptr, layout, new_size) }
+        unsafe { INNER.realloc(ptr, layout, new_size) }
     }
 }
 
