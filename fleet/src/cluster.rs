@@ -26,8 +26,8 @@ use futures::StreamExt;
 use tokio::sync::Semaphore;
 
 use crate::inventory::{Target, load_inventory};
-use crate::results::{Record, Tally, print_report};
-use crate::{Cli, TRIES, genja_inventory};
+use crate::results::{Tally, Try, print_report, run_with_retries};
+use crate::{Cli, genja_inventory};
 
 /// `fleet --cluster ADDR --cookie-file PATH`, flattened into the fleet's own flags.
 #[derive(clap::Args, Debug)]
@@ -240,7 +240,13 @@ pub(crate) async fn run_job(
                 let mut results = futures::stream::iter(list)
                     .map(|command| {
                         let (node, limit, key) = (node.clone(), limit.clone(), target.key.clone());
-                        async move { run_command(&node, &key, command, &limit, keep, budget).await }
+                        async move {
+                            run_with_retries(command, &limit, keep, |command| {
+                                let (node, key) = (node.clone(), key.clone());
+                                async move { try_command(&node, &key, &command, budget).await }
+                            })
+                            .await
+                        }
                     })
                     .buffered(per_host);
                 while let Some(Some((record, failed_tries))) = results.next().await {
@@ -317,51 +323,22 @@ pub(crate) async fn run_job(
     Ok(all_open && all_ok)
 }
 
-/// Runs one command through the cluster, trying again after a connection failure (the node
-/// already waits for a new owner within the budget).
-async fn run_command(
+/// One try of `command` on `key` through the cluster (the node already waits for a new
+/// owner within the budget).
+async fn try_command(
     node: &ClusterNode,
     key: &ConnectionKey,
-    command: String,
-    limit: &Semaphore,
-    keep: bool,
+    command: &str,
     budget: Duration,
-) -> Option<(Record, u32)> {
-    let _permit = limit.acquire().await.ok()?;
-    let started = Instant::now();
-    let mut failed_tries = 0;
-    let mut last_error = None;
-    for _ in 0..TRIES {
-        match node.run_command(key, &command, budget).await {
-            Ok(output) => {
-                let record = Record {
-                    command,
-                    output: keep.then_some(output),
-                    error: None,
-                    duration: started.elapsed(),
-                };
-                return Some((record, failed_tries));
-            }
-            Err(
-                error @ ClusterError::Request {
-                    kind: FailureKind::Command | FailureKind::UnknownKey,
-                    ..
-                },
-            ) => {
-                last_error = Some(error.to_string());
-                break;
-            }
-            Err(error) => {
-                failed_tries += 1;
-                last_error = Some(error.to_string());
-            }
-        }
+) -> Try {
+    match node.run_command(key, command, budget).await {
+        Ok(output) => Try::Ran(output),
+        Err(
+            error @ ClusterError::Request {
+                kind: FailureKind::Command | FailureKind::UnknownKey,
+                ..
+            },
+        ) => Try::Failed(error.to_string()),
+        Err(error) => Try::Again(error.to_string()),
     }
-    let record = Record {
-        command,
-        output: None,
-        error: Some(last_error.unwrap_or_else(|| "not run".to_owned())),
-        duration: started.elapsed(),
-    };
-    Some((record, failed_tries))
 }

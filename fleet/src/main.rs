@@ -56,10 +56,8 @@ mod results;
 
 use inventory::{Target, load_inventory};
 use lab::{Lab, LabPlatform};
-use results::{Record, Tally, print_report};
+use results::{Record, Tally, Try, print_report, run_with_retries};
 
-/// Tries per command: the first, plus retries after the session died under it.
-const TRIES: u32 = 4;
 /// What an open is given beyond the connect timeout, for authentication.
 const AUTH_ALLOWANCE: Duration = Duration::from_secs(20);
 /// How long the chaos keeps devices down.
@@ -221,7 +219,13 @@ async fn work_on(
     let mut results = futures::stream::iter(list)
         .map(|command| {
             let (handle, limit) = (handle.clone(), limit.clone());
-            async move { run_command(&handle, command, &limit, keep_output).await }
+            async move {
+                run_with_retries(command, &limit, keep_output, |command| {
+                    let handle = handle.clone();
+                    async move { try_command(&handle, &command).await }
+                })
+                .await
+            }
         })
         .buffered(per_host);
     while let Some(outcome) = results.next().await {
@@ -245,56 +249,23 @@ async fn work_on(
     tally
 }
 
-/// Runs one command, trying again while its session died under it; the record and the
-/// number of failed tries, or `None` when the fleet-wide limit is gone.
-async fn run_command(
-    handle: &ConnectionHandle,
-    command: String,
-    limit: &Semaphore,
-    keep_output: bool,
-) -> Option<(Record, u32)> {
-    let _permit = limit.acquire().await.ok()?;
-    let started = Instant::now();
-    let mut failed_tries = 0;
-    let mut last_error = None;
-    for _ in 0..TRIES {
-        match handle.execute_command(&command).await {
-            Ok(output) => {
-                let record = Record {
-                    command,
-                    output: keep_output.then_some(output),
-                    error: None,
-                    duration: started.elapsed(),
-                };
-                return Some((record, failed_tries));
-            }
-            // A command that ran and failed fails the same way again: no retry. `Other` is
-            // also what a CLI session says of a command the device rejected, or one whose
-            // prompt did not come back (running it again would wait as long again).
-            Err(
-                error @ Error::Command {
-                    source: CommandError::ExitStatus { .. } | CommandError::Other(_),
-                    ..
-                },
-            ) => {
-                last_error = Some(error.to_string());
-                break;
-            }
-            // The session died under it, or the reconnect is not done yet: the next try
-            // waits for the reconnect (bounded by the request timeout).
-            Err(error) => {
-                failed_tries += 1;
-                last_error = Some(error.to_string());
-            }
-        }
+/// One try of `command` on `handle`.
+async fn try_command(handle: &ConnectionHandle, command: &str) -> Try {
+    match handle.execute_command(command).await {
+        Ok(output) => Try::Ran(output),
+        // A command that ran and failed fails the same way again: no retry. `Other` is also
+        // what a CLI session says of a command the device rejected, or one whose prompt did
+        // not come back (running it again would wait as long again).
+        Err(
+            error @ Error::Command {
+                source: CommandError::ExitStatus { .. } | CommandError::Other(_),
+                ..
+            },
+        ) => Try::Failed(error.to_string()),
+        // The session died under it, or the reconnect is not done yet: the next try waits
+        // for the reconnect (bounded by the request timeout).
+        Err(error) => Try::Again(error.to_string()),
     }
-    let record = Record {
-        command,
-        output: None,
-        error: Some(last_error.unwrap_or_else(|| "not run".to_owned())),
-        duration: started.elapsed(),
-    };
-    Some((record, failed_tries))
 }
 
 async fn open(manager: &ConnectionManager, target: &Target) -> Result<ConnectionHandle, Error> {

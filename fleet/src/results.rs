@@ -5,10 +5,11 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use connection_supervisor::{ConnectionCounters, ConnectionKey, ConnectionState};
 use serde_json::json;
+use tokio::sync::Semaphore;
 
 use crate::inventory::Target;
 
@@ -26,6 +27,67 @@ impl Record {
     fn ok(&self) -> bool {
         self.error.is_none()
     }
+}
+
+/// Tries per command: the first, plus retries after the session died under it.
+const TRIES: u32 = 4;
+
+/// How one try of a command ended.
+pub(crate) enum Try {
+    /// It ran: its output.
+    Ran(String),
+    /// It ran and failed, and would fail the same way again: no retry.
+    Failed(String),
+    /// It did not get to run (the session died under it, a reconnect or a new owner is not
+    /// there yet): the next try waits for that, within its own bound.
+    Again(String),
+}
+
+/// Runs `command` by `attempt` up to [`TRIES`] times while a try ends in [`Try::Again`]; the
+/// record and the number of failed tries, or `None` when the fleet-wide limit is gone. The
+/// local run and the cluster run differ only in what a try is.
+pub(crate) async fn run_with_retries<F, Fut>(
+    command: String,
+    limit: &Semaphore,
+    keep_output: bool,
+    attempt: F,
+) -> Option<(Record, u32)>
+where
+    F: Fn(String) -> Fut,
+    Fut: Future<Output = Try>,
+{
+    let _permit = limit.acquire().await.ok()?;
+    let started = Instant::now();
+    let mut failed_tries = 0;
+    let mut last_error = None;
+    for _ in 0..TRIES {
+        match attempt(command.clone()).await {
+            Try::Ran(output) => {
+                let record = Record {
+                    command,
+                    output: keep_output.then_some(output),
+                    error: None,
+                    duration: started.elapsed(),
+                };
+                return Some((record, failed_tries));
+            }
+            Try::Failed(error) => {
+                last_error = Some(error);
+                break;
+            }
+            Try::Again(error) => {
+                failed_tries += 1;
+                last_error = Some(error);
+            }
+        }
+    }
+    let record = Record {
+        command,
+        output: None,
+        error: Some(last_error.unwrap_or_else(|| "not run".to_owned())),
+        duration: started.elapsed(),
+    };
+    Some((record, failed_tries))
 }
 
 /// Writes one JSON object per record, host by host, to `path`.
