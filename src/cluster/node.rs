@@ -12,7 +12,7 @@ use tokio::sync::broadcast;
 
 use super::config::{ClusterError, NodeConfig, ParamsResolver, Role};
 use super::membership::{CLIENT_PREFIX, ClusterEvent, MEMBER_PREFIX, Membership, Subscription};
-use super::shard::{ClientShard, Core, Shard, ShardStats, sweep_on_change};
+use super::shard::{Core, Shard, ShardStats, sweep_on_change};
 use super::wire::{FailureKind, NodeCounters, Operation, Reply, Request, ShardMessage, WireKey};
 use crate::{ConnectionKey, ConnectionManager};
 
@@ -97,18 +97,10 @@ impl ClusterNode {
             takeover_keys: config.takeover_keys.clone(),
             shard: std::sync::OnceLock::new(),
         });
-        let shard = if config.role == Role::Member {
-            let (shard, _) = Actor::spawn(None, Shard, core.clone())
-                .await
-                .map_err(|e| start_err(format!("its shard actor: {e}")))?;
-            shard
-        } else {
-            // A client's shard is never in a process group: nobody routes to it.
-            let (shard, _) = Actor::spawn(None, ClientShard, core.clone())
-                .await
-                .map_err(|e| start_err(format!("its shard actor: {e}")))?;
-            shard
-        };
+        let member = config.role == Role::Member;
+        let (shard, _) = Actor::spawn(None, Shard { member }, core.clone())
+            .await
+            .map_err(|e| start_err(format!("its shard actor: {e}")))?;
         let _ = core.shard.set(shard.clone());
         let sweeper = tokio::spawn(sweep_on_change(core.clone()));
         let node = Self {

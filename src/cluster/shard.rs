@@ -430,8 +430,12 @@ async fn wait_until_gone(mut members: watch::Receiver<BTreeSet<String>>, member:
     }
 }
 
-/// The remote-capable actor through which other nodes reach this one.
-pub(super) struct Shard;
+/// The remote-capable actor through which other nodes reach this one. A member's joins its
+/// process group, so that other nodes find it; a client's does not (nobody routes to a client)
+/// and serves only its own node's requests.
+pub(super) struct Shard {
+    pub(super) member: bool,
+}
 
 impl Actor for Shard {
     type Msg = ShardMessage;
@@ -443,7 +447,9 @@ impl Actor for Shard {
         myself: ActorRef<Self::Msg>,
         core: Arc<Core>,
     ) -> Result<Arc<Core>, ActorProcessingErr> {
-        pg::join(shard_group(&core.name), vec![myself.get_cell()]);
+        if self.member {
+            pg::join(shard_group(&core.name), vec![myself.get_cell()]);
+        }
         Ok(core)
     }
 
@@ -525,30 +531,4 @@ async fn take_over(
     };
     tracing::info!(node = %core.name, ?event, "takeover done");
     core.membership.publish(event);
-}
-
-/// A client's shard actor: it serves only its own node's requests (never joins a group).
-pub(super) struct ClientShard;
-
-impl Actor for ClientShard {
-    type Msg = ShardMessage;
-    type State = Arc<Core>;
-    type Arguments = Arc<Core>;
-
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        core: Arc<Core>,
-    ) -> Result<Arc<Core>, ActorProcessingErr> {
-        Ok(core)
-    }
-
-    async fn handle(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        message: Self::Msg,
-        core: &mut Arc<Core>,
-    ) -> Result<(), ActorProcessingErr> {
-        Shard.handle(myself, message, core).await
-    }
 }
